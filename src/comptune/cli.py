@@ -1,0 +1,56 @@
+"""`comptune` command line: a thin layer over the Python API; each stage registers its commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module has `register(subparsers)` adding its sub-commands with `set_defaults(func=...)`.
+STAGE_CLIS = [
+    "comptune.corpus.cli",
+    "comptune.model.cli",
+    "comptune.evaluation.cli",
+    "comptune.decomposition.cli",
+    "comptune.inspection.cli",
+    "comptune.tuning.cli",
+    "comptune.report.cli",
+    "comptune.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="comptune",
+        description="Edit language models in their parameter-component basis: decompose (VPD), "
+        "inspect subcomponents, tune scalar prefactors, evaluate against LoRA baselines.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in STAGE_CLIS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # stage not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # user errors: one clear line, no traceback
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"comptune {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

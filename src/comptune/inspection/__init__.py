@@ -1,0 +1,1 @@
+"""comptune.inspection"""
