@@ -1,0 +1,236 @@
+"""Pretrain the bundled target model on a language mix, with atomic checkpoints and resume.
+
+Training windows are drawn per step: each row of a batch picks a language with the mix
+probabilities (so the mix is a share of *training tokens*), then a random window of that
+language's token stream. English dominates; German is the strongest other language (≈ 7 %),
+as in the reference study's model.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from pydantic import Field, model_validator
+from tqdm.auto import tqdm
+
+from .._io import load_safetensors, save_safetensors_atomic, versions, write_json_atomic
+from ..config import StrictConfig
+from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+
+
+class PretrainConfig(StrictConfig):
+    # model
+    vocab_size: int = 8192
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    d_mlp: int = 512
+    n_ctx: int = 256
+    # data: share of training tokens per bundled language (train split)
+    mix: dict[str, float] = Field(default_factory=lambda: {"en": 0.70, "de": 0.07, "fr": 0.05, "es": 0.05, "it": 0.05, "code": 0.08})
+    tokenizer_sample_chars: int = 20_000_000
+    # optimisation
+    batch_size: int = 16
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    max_steps: int = 6000
+    max_minutes: float | None = None  # stop (and save) early after this wall time
+    # bookkeeping
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 20
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise ValueError(f"mix must hold non-negative weights with a positive sum, got {self.mix}")
+        return self
+
+    def lm_config(self) -> ComptuneLMConfig:
+        return ComptuneLMConfig(
+            vocab_size=self.vocab_size, n_layer=self.n_layer, d_model=self.d_model,
+            n_head=self.n_head, d_mlp=self.d_mlp, n_ctx=self.n_ctx,
+        )
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def sample_batch(streams: dict[str, torch.Tensor], cfg: PretrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """[batch_size, n_ctx] windows; each row's language drawn with the mix probabilities."""
+    langs = sorted(streams)
+    probs = torch.tensor([cfg.mix[lang] for lang in langs], dtype=torch.float64)
+    choice = torch.multinomial(probs, cfg.batch_size, replacement=True, generator=gen)
+    rows = []
+    for i in choice.tolist():
+        s = streams[langs[i]]
+        start = int(torch.randint(0, len(s) - cfg.n_ctx + 1, (1,), generator=gen))
+        rows.append(s[start : start + cfg.n_ctx])
+    return torch.stack(rows)
+
+
+class _StopRequested:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.Tensor], tokenizer=None, *, resume: bool = True) -> ComptuneLMForCausalLM:
+    """Train (or resume) a ComptuneLM on token streams per language; save to `out_dir` (HF format).
+
+    `out_dir/checkpoint.safetensors` + `checkpoint.json` hold everything needed to resume:
+    model, optimiser moments, step, RNG state and the loss history.
+    """
+    out_dir = Path(out_dir)
+    missing = sorted(set(cfg.mix) - set(streams))
+    if missing:
+        raise ValueError(f"no token stream for language(s) {missing} of the mix; have {sorted(streams)}")
+    for lang, s in streams.items():
+        if len(s) < cfg.n_ctx + 1:
+            raise ValueError(f"token stream {lang!r} has {len(s)} tokens, fewer than one window of n_ctx={cfg.n_ctx}")
+        if int(s.max()) >= cfg.vocab_size:
+            raise ValueError(f"token stream {lang!r} holds id {int(s.max())} ≥ vocab_size={cfg.vocab_size}: tokenizer and model do not match")
+
+    torch.manual_seed(cfg.seed)
+    model = ComptuneLMForCausalLM(cfg.lm_config())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, history = 0, []
+
+    ckpt_t, ckpt_meta = out_dir / "checkpoint.safetensors", out_dir / "checkpoint.json"
+    if resume and ckpt_meta.is_file():
+        import json
+
+        meta = json.loads(ckpt_meta.read_text())
+        if meta["config"] != cfg.model_dump(mode="json"):
+            raise ValueError(f"checkpoint in {out_dir} was written with a different config; use a new --out or the same config")
+        tensors = load_safetensors(ckpt_t)
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
+        model.tie_weights()
+        opt_state = opt.state_dict()
+        for i, p in enumerate(decay + no_decay):
+            opt_state["state"][i] = {
+                "step": tensors[f"opt.{i}.step"], "exp_avg": tensors[f"opt.{i}.exp_avg"], "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"],
+            }
+        opt.load_state_dict(opt_state)
+        gen.set_state(tensors["rng.data"])
+        torch.set_rng_state(tensors["rng.torch"])
+        step, history = meta["step"], meta["history"]
+
+    def save_checkpoint():
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        for i, p in enumerate(decay + no_decay):
+            st = opt.state.get(p)
+            if st:
+                tensors.update({f"opt.{i}.step": st["step"].reshape(()), f"opt.{i}.exp_avg": st["exp_avg"], f"opt.{i}.exp_avg_sq": st["exp_avg_sq"]})
+        tensors["rng.data"] = gen.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_safetensors_atomic(tensors, ckpt_t)
+        write_json_atomic(ckpt_meta, {"step": step, "history": history, "config": cfg.model_dump(mode="json"), "versions": versions()})
+
+    model.train()
+    t0, tokens_seen = time.time(), 0
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", dynamic_ncols=True)
+    with _StopRequested() as stop:
+        while step < cfg.max_steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            batch = sample_batch(streams, cfg, gen)  # [B, T]
+            loss = model(batch, labels=batch).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at step {step}; last good checkpoint is in {out_dir}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            tokens_seen += batch.numel()
+            if step % cfg.log_every == 0:
+                tok_s = tokens_seen / (time.time() - t0)
+                history.append({"step": step, "loss": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"], "tokens_per_s": round(tok_s)})
+                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tok_s:,.0f}")
+            bar.update(1)
+            out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes
+            if step % cfg.checkpoint_every == 0 or stop.requested or out_of_time:
+                save_checkpoint()
+            if stop.requested or out_of_time:
+                break
+    bar.close()
+    save_checkpoint()
+    model.eval()
+    model.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    write_json_atomic(out_dir / "pretrain_config.json", {"config": cfg.model_dump(mode="json"), "step": step, "versions": versions()})
+    return model
+
+
+def prepare_data(cfg: PretrainConfig, out_dir: str | Path) -> tuple:
+    """Train (or reload) the tokenizer on a mix-weighted sample of the bundled training text, and
+    tokenize each language's training split into one stream; both are cached in `out_dir`."""
+    from transformers import PreTrainedTokenizerFast
+
+    from ..corpus.bundle import bundled_texts
+    from ..tokenizer import train_tokenizer
+
+    out_dir = Path(out_dir)
+    tok_dir, streams_path = out_dir / "tokenizer", out_dir / "streams.safetensors"
+    texts = {lang: bundled_texts(f"train.{lang}") for lang in cfg.mix}
+    if (tok_dir / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sample = []
+        total = sum(cfg.mix.values())
+        for lang, docs in texts.items():
+            budget = cfg.tokenizer_sample_chars * cfg.mix[lang] / total
+            for i in torch.randperm(len(docs), generator=gen).tolist():
+                if budget <= 0:
+                    break
+                sample.append(docs[i])
+                budget -= len(docs[i])
+        tokenizer = train_tokenizer(sample, vocab_size=cfg.vocab_size)
+        tokenizer.save_pretrained(tok_dir)
+    if len(tokenizer) > cfg.vocab_size:
+        raise ValueError(f"tokenizer in {tok_dir} has {len(tokenizer)} tokens but vocab_size={cfg.vocab_size}")
+    if streams_path.is_file():
+        streams = load_safetensors(streams_path)
+    else:
+        streams = {lang: _token_stream(tokenizer, docs) for lang, docs in texts.items()}
+        save_safetensors_atomic(streams, streams_path)
+    return tokenizer, streams
+
+
+def _token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    return torch.tensor([i for doc in ids for i in [tokenizer.bos_token_id, *doc]], dtype=torch.long)

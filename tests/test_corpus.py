@@ -1,0 +1,65 @@
+"""Corpus builder pieces and the shipped bundle's split guarantees."""
+
+import gzip
+import json
+from collections import defaultdict
+
+import pytest
+
+from comptune.corpus import build, bundle
+
+
+def test_split_is_shared_by_all_translations_and_deterministic():
+    for name in ["manpages/man1/ls.1", "installation-guide/ch01s01", "fortunes/murphy"]:
+        source = name.split("/")[0]
+        assert build.assign_split(name, source) == build.assign_split(name, source)
+    # split fractions roughly as configured over many names
+    splits = [build.assign_split(f"manpages/man1/x{i}.1", "manpages") for i in range(4000)]
+    assert 0.07 < splits.count("eval") / 4000 < 0.13
+    assert "parallel" not in splits
+    par = [build.assign_split(f"installation-guide/p{i}", "installation-guide") for i in range(4000)]
+    assert 0.2 < par.count("parallel") / 4000 < 0.3 and "eval" not in par
+
+
+def test_language_filter_drops_untranslated_english():
+    german = "Die obligatorischen Argumente für Optionen sind für deren Kurz- und Langform gleich und werden hier beschrieben."
+    english = "Mandatory arguments to long options are mandatory for short options too, as described here in detail."
+    kept, dropped = build.filter_paragraphs([german, english, "kurz"], "de")
+    assert kept == [german] and dropped == 2
+
+
+def test_html_and_fortune_extraction(tmp_path):
+    page = tmp_path / "p.html"
+    page.write_text("<html><head><title>T</title><script>x=1</script></head><body><p>Erster  Absatz.</p><div>Zweiter<br>Teil</div></body></html>")
+    assert build.html_text(page).split("\n\n") == ["Erster Absatz.", "Zweiter", "Teil"]
+    f = tmp_path / "f"
+    f.write_text("Eins.\n%\nZwei\nZeilen.\n%\n")
+    assert build.fortune_texts(f) == ["Eins.", "Zwei\nZeilen."]
+
+
+def _rows(split):
+    with gzip.open(bundle.corpus_dir() / f"{split}.jsonl.gz", "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+@pytest.mark.skipif(not (bundle.corpus_dir() / "manifest.json").is_file(), reason="shipped corpus not present")
+def test_shipped_splits_never_overlap_and_parallel_is_aligned():
+    docs_in = defaultdict(set)
+    for split in bundle.SPLITS:
+        for r in _rows(split):
+            docs_in[r["doc"]].add(split)
+    overlapping = {d: s for d, s in docs_in.items() if len(s) > 1}
+    assert not overlapping, list(overlapping.items())[:5]
+    langs_of = defaultdict(set)
+    for r in _rows("parallel"):
+        langs_of[r["doc"]].add(r["lang"])
+    assert langs_of and all(v == set(build.LANGUAGES) for v in langs_of.values())
+    # derived sets: general English comes from other sources than the retain text
+    retain_sources = {r["source"] for r in bundle.bundled_documents("retain.en")}
+    general_sources = {r["source"] for r in bundle.bundled_documents("general_en")}
+    assert retain_sources and general_sources and not retain_sources & general_sources
+
+
+def test_unknown_bundled_dataset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown bundled dataset 'eval.xx'"):
+        bundle.bundled_documents("eval.xx")
