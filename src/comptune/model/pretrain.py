@@ -132,8 +132,11 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
         import json
 
         meta = json.loads(ckpt_meta.read_text())
-        if meta["config"] != cfg.model_dump(mode="json"):
-            raise ValueError(f"checkpoint in {out_dir} was written with a different config; use a new --out or the same config")
+        # a wall-time limit is not part of the run's math; everything else must match
+        saved, now = ({k: v for k, v in c.items() if k != "max_minutes"} for c in (meta["config"], cfg.model_dump(mode="json")))
+        if saved != now:
+            changed = sorted(k for k in now if saved.get(k) != now[k])
+            raise ValueError(f"checkpoint in {out_dir} was written with a different config ({', '.join(changed)}); use a new --out or the same config")
         tensors = load_safetensors(ckpt_t)
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
         model.tie_weights()

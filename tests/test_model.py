@@ -1,0 +1,112 @@
+"""Bundled model architecture, HF interoperability, tokenizer, pretraining resume."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from comptune.model import ComptuneLMConfig, ComptuneLMForCausalLM
+from comptune.model.pretrain import PretrainConfig, pretrain
+from comptune.tokenizer import train_tokenizer
+
+TINY = dict(vocab_size=300, n_layer=2, d_model=32, n_head=2, d_mlp=64, n_ctx=32)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return ComptuneLMForCausalLM(ComptuneLMConfig(**TINY)).eval()
+
+
+def test_module_names_match_the_reference_study(tiny_model):
+    names = {n for n, _ in tiny_model.named_parameters()}
+    for i in range(2):
+        for m in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.c_fc", "mlp.down_proj", "rms_1", "rms_2"):
+            assert f"h.{i}.{m}.weight" in names
+    assert tiny_model.lm_head.weight is tiny_model.wte.weight  # tied
+
+
+def test_forward_is_causal(tiny_model):
+    x = torch.randint(0, 300, (1, 12))
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 1) % 300
+    a, b = tiny_model(x).logits, tiny_model(y).logits
+    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6)
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_padding_mask_matches_unpadded(tiny_model):
+    x = torch.randint(1, 300, (1, 10))
+    # right padding with a mask must not change the real positions
+    padded = torch.cat([x, torch.zeros(1, 3, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 3)], 1).long()
+    assert torch.allclose(tiny_model(x).logits, tiny_model(padded, attention_mask=mask).logits[:, :10], atol=1e-5)
+
+
+def test_save_load_generate_round_trip_without_comptune_registry(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    assert (tmp_path / "modeling_comptune.py").is_file()  # copied so transformers can load it alone
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["auto_map"]["AutoModelForCausalLM"].endswith("ComptuneLMForCausalLM")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    x = torch.randint(0, 300, (2, 7))
+    assert torch.allclose(tiny_model(x).logits, loaded(x).logits, atol=1e-6)
+    g1 = tiny_model.generate(x[:1], max_new_tokens=6, do_sample=False)
+    g2 = loaded.generate(x[:1], max_new_tokens=6, do_sample=False)
+    assert g1.shape == (1, 13) and torch.equal(g1, g2)
+
+
+def test_labels_loss_is_next_token_ce(tiny_model):
+    x = torch.randint(0, 300, (2, 9))
+    out = tiny_model(x, labels=x)
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 300), x[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, expected)
+
+
+def test_too_long_input_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        tiny_model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_tokenizer_round_trip_multilingual():
+    texts = ["Die Lösung liegt natürlich nahe.", "And, of course, the solution does not work.", "def f(x):\n    return x ** 2\n"] * 20
+    tok = train_tokenizer(texts, vocab_size=400)
+    for t in texts[:3] + ["ünïcödé — nicht im Training €"]:
+        assert tok.decode(tok(t, add_special_tokens=False)["input_ids"]) == t
+    assert tok.bos_token == tok.eos_token == "<|endoftext|>" and len(tok) <= 400
+    with pytest.raises(ValueError, match="empty"):
+        train_tokenizer(["", "  "], vocab_size=400)
+
+
+def _streams():
+    g = torch.Generator().manual_seed(1)
+    return {"en": torch.randint(0, 300, (2000,), generator=g), "de": torch.randint(0, 300, (500,), generator=g)}
+
+
+def test_pretrain_resume_continues_the_same_run(tmp_path):
+    cfg = PretrainConfig(**{k: v for k, v in TINY.items()}, mix={"en": 0.9, "de": 0.1}, batch_size=4, warmup_steps=2,
+                         max_steps=6, checkpoint_every=3, log_every=1)
+    full = pretrain(cfg, tmp_path / "full", _streams(), resume=False)
+    # the same run cut short by its wall-time limit after one step, then resumed
+    pretrain(cfg.model_copy(update={"max_minutes": 0.0}), tmp_path / "split", _streams(), resume=False)
+    assert json.loads((tmp_path / "split" / "checkpoint.json").read_text())["step"] == 1
+    resumed = pretrain(cfg, tmp_path / "split", _streams(), resume=True)
+    h_full = json.loads((tmp_path / "full" / "checkpoint.json").read_text())["history"]
+    h_res = json.loads((tmp_path / "split" / "checkpoint.json").read_text())["history"]
+    assert [r["loss"] for r in h_full] == [r["loss"] for r in h_res]
+    for (n, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_pretrain_resume_refuses_a_different_config(tmp_path):
+    cfg = PretrainConfig(**TINY, mix={"en": 0.9, "de": 0.1}, batch_size=2, max_steps=2)
+    pretrain(cfg, tmp_path, _streams())
+    with pytest.raises(ValueError, match=r"different config \(lr\)"):
+        pretrain(cfg.model_copy(update={"lr": 1e-4}), tmp_path, _streams())
+
+
+def test_pretrain_rejects_tokenizer_model_mismatch(tmp_path):
+    cfg = PretrainConfig(**TINY, mix={"en": 1.0}, max_steps=1)
+    with pytest.raises(ValueError, match="tokenizer and model do not match"):
+        pretrain(cfg, tmp_path, {"en": torch.full((100,), 500)})
