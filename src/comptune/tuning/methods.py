@@ -1,0 +1,148 @@
+"""Every tuning method behind one factory, so the trainer treats them identically.
+
+- component_scale: ComponentScale on the decomposition's subcomponents (single key, top-k, or all
+  of some modules with an L1 penalty; optionally CI-gated).
+- svd_scale: the same ComponentScale mechanism over the SVD of a matrix (W = Σ σ_i u_i v_iᵀ).
+- neuron_scale: peft IA3 on an MLP down projection as a feed-forward module. IA3 computes
+  y = W (l ⊙ h), i.e. W' = W + Σ_j (l_j − 1) W[:, j] e_jᵀ: exactly one scalar per hidden unit,
+  the ComponentScale parameterisation in the neuron basis. peft has no per-unit mask, so a
+  keyed selection masks the gradient of the other units (with Adam and no weight decay they
+  stay exactly 1); a module selection trains all units, meant with an L1 penalty.
+- lora: peft LoRA of rank r on every linear weight except the (un)embedding.
+- lora_local: peft LoRA rank 1 on the single matrix holding the selected subcomponent(s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+from .component_scale import ComponentScaleConfig, apply_component_scale, module_keys, parse_key
+from .config import TuneConfig
+from .svd import svd_components
+
+
+@dataclass
+class TunableModel:
+    """What the trainer needs from any method.
+
+    `model(input_ids=...)` returns an output with `.logits`; `model.disable_adapter()` is a context
+    in which the model is the original (both ComponentScaleModel and peft's PeftModel have it)."""
+
+    method: str
+    model: nn.Module
+    parameters: list[nn.Parameter]
+    scalars: Callable[[], dict[str, float]] = field(default=dict)  # learned scalar per key ({} for LoRA)
+    l1_penalty: Callable[[], torch.Tensor] | None = None  # Σ|s − 1| for the scalar methods
+
+
+def linear_module_paths(model: nn.Module) -> list[str]:
+    """Every nn.Linear / Conv1D except the unembedding (embeddings are nn.Embedding already)."""
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and m is not out_emb]
+
+
+def build_method(name: str, model: nn.Module, decomposition, selection, config: TuneConfig) -> TunableModel:
+    """Wrap `model` (in place, base weights frozen) with the adapter of method `name`.
+
+    `selection` is a `Selection`; `decomposition` is needed for component_scale only.
+    """
+    if name == "component_scale":
+        if decomposition is None:
+            raise ValueError("component_scale needs a decomposition")
+        keys = selection.keys or module_keys(decomposition, selection.modules)
+        return _scale_method(name, model, decomposition, keys, ComponentScaleConfig(ci_threshold=config.ci_threshold))
+    if name == "svd_scale":
+        paths = selection.modules or list(dict.fromkeys(parse_key(k)[0] for k in selection.keys))
+        _check_linear_modules(model, paths)
+        basis = svd_components(model, paths)
+        keys = selection.keys or module_keys(basis, paths)
+        return _scale_method(name, model, basis, keys, ComponentScaleConfig())
+    if name == "neuron_scale":
+        return _neuron_scale(model, selection)
+    if name in ("lora", "lora_local"):
+        from peft import LoraConfig
+
+        if name == "lora":
+            targets, rank = linear_module_paths(model), config.lora_rank
+        else:
+            targets, rank = config.selected_modules(), 1
+            _check_linear_modules(model, targets)
+        lora = LoraConfig(
+            r=rank,
+            lora_alpha=config.lora_alpha,
+            target_modules=targets,
+            lora_dropout=0.0,
+            bias="none",
+            fan_in_fan_out=any(isinstance(model.get_submodule(p), Conv1D) for p in targets),
+        )
+        return _peft_method(name, model, lora)
+    raise ValueError(f"unknown method {name!r}; known: component_scale, svd_scale, neuron_scale, lora, lora_local")
+
+
+def _scale_method(name: str, model: nn.Module, source, keys: list[str], cs_config: ComponentScaleConfig) -> TunableModel:
+    wrapped = apply_component_scale(model, source, keys, cs_config)
+    return TunableModel(name, wrapped, wrapped.scale_parameters(), wrapped.scales, wrapped.l1_penalty)
+
+
+def _check_linear_modules(model: nn.Module, paths: list[str]) -> None:
+    valid = linear_module_paths(model)
+    for path in paths:
+        if path not in valid:
+            raise ValueError(f"module {path!r} is not a linear weight of this model; valid: {', '.join(valid)}")
+
+
+def _peft_method(name: str, model: nn.Module, peft_config) -> TunableModel:
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, peft_config)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    return TunableModel(name, peft_model, params)
+
+
+def _neuron_scale(model: nn.Module, selection) -> TunableModel:
+    from peft import IA3Config
+
+    if selection.keys:
+        units: dict[str, list[int]] = {}
+        for key in selection.keys:
+            path, j = parse_key(key)
+            units.setdefault(path, []).append(j)
+    else:
+        units = {path: None for path in selection.modules}  # None = every hidden unit
+    paths = list(units)
+    _check_linear_modules(model, paths)
+    for path, js in units.items():
+        d_hidden = _in_features(model.get_submodule(path))
+        if js is not None and max(js) >= d_hidden:
+            raise ValueError(f"neuron key {path}:{max(js)} out of range: {path} reads {d_hidden} hidden units, valid 0..{d_hidden - 1}")
+    fan_in_fan_out = any(isinstance(model.get_submodule(p), Conv1D) for p in paths)
+    tunable = _peft_method("neuron_scale", model, IA3Config(target_modules=paths, feedforward_modules=paths, fan_in_fan_out=fan_in_fan_out))
+    peft_model = tunable.model
+    ia3 = {path: peft_model.base_model.model.get_submodule(path).ia3_l["default"] for path in paths}  # [1, d_hidden]
+    for path, js in units.items():
+        if js is not None:
+            mask = torch.zeros_like(ia3[path])
+            mask[0, js] = 1.0
+            ia3[path].register_hook(lambda g, m=mask: g * m)  # only the selected units learn
+
+    def scalars() -> dict[str, float]:
+        out = {}
+        for path, js in units.items():
+            values = ia3[path].detach()[0].tolist()
+            out.update({f"{path}:{j}": values[j] for j in (js if js is not None else range(len(values)))})
+        return out
+
+    def l1_penalty() -> torch.Tensor:
+        return sum((l - 1).abs().sum() for l in ia3.values())
+
+    tunable.scalars, tunable.l1_penalty = scalars, l1_penalty
+    return tunable
+
+
+def _in_features(layer: nn.Module) -> int:
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.weight.shape[0]
