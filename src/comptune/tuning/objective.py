@@ -33,7 +33,8 @@ def capped_forget_term(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     """(−min(CE, ln|V|), CE). At and above chance the term is the constant −ln|V| (zero gradient)."""
     ce = next_token_ce(logits, labels)
     chance = torch.tensor(math.log(logits.size(-1)), dtype=ce.dtype, device=ce.device)
-    return -torch.where(ce < chance, ce, chance), ce
+    # written so a NaN CE propagates (NaN >= chance is False) instead of hiding behind the cap
+    return -torch.where(ce >= chance, chance, ce), ce
 
 
 def retain_kl(logits: torch.Tensor, orig_logits: torch.Tensor) -> torch.Tensor:

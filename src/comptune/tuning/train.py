@@ -150,7 +150,7 @@ def tune(
             l1_coef=config.l1,
             l1_penalty=tunable.l1_penalty() if tunable.l1_penalty is not None and config.l1 else None,
         )
-        loss = float(terms.total)
+        loss = float(terms.total.detach())
         if not math.isfinite(loss):
             # the current parameters give a non-finite loss: go back to those of the previous step
             if step > 0:

@@ -1,0 +1,223 @@
+"""The shared objective, forget budgets and the trainer (convergence, non-finite loss, bad input)."""
+
+import math
+
+import pytest
+import torch
+
+from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+from comptune.tuning import (
+    Components,
+    NonFiniteLossError,
+    Selection,
+    TuneConfig,
+    TuneResult,
+    capped_forget_term,
+    forget_sequences,
+    next_token_ce,
+    retain_kl,
+    take_budget,
+    tune,
+)
+
+torch.set_num_threads(1)
+
+V_SIZE = 64
+
+
+def streams():
+    """Learnable toy 'languages': retain text counts up through tokens 0..31, forget text steps by 3
+    through 32..63 (with a little noise so neither is trivially certain)."""
+    g = torch.Generator().manual_seed(4)
+
+    def text(n, lo, step):
+        t = (lo + (torch.arange(n) * step) % 32).clone()
+        noise = torch.rand(n, generator=g) < 0.1
+        t[noise] = torch.randint(lo, lo + 32, (int(noise.sum()),), generator=g)
+        return t
+
+    return text(600, 32, 3), text(2000, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def trained_state():
+    """A tiny model that has learned both toy languages (a few seconds of training)."""
+    torch.manual_seed(0)
+    model = ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=V_SIZE, n_layer=2, d_model=32, n_head=2, d_mlp=64, n_ctx=32))
+    forget, retain = streams()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(80):
+        rows = [s[i : i + 16] for s in (forget, retain) for i in torch.randint(0, len(s) - 16, (4,), generator=g).tolist()]
+        loss = model(input_ids=torch.stack(rows), labels=torch.stack(rows)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def make_model(trained_state):
+    def make():
+        model = ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=V_SIZE, n_layer=2, d_model=32, n_head=2, d_mlp=64, n_ctx=32))
+        model.load_state_dict(trained_state)
+        return model.eval()
+
+    return make
+
+
+def components(seed=1, C=8):
+    """A stand-in decomposition of one matrix (the trainer only needs the selected V, U)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"h.1.attn.v_proj": Components(torch.randn(32, C, generator=g) / 32**0.5, torch.randn(C, 32, generator=g) / C**0.5)}
+
+
+# ---------------------------------------------------------------- objective
+def test_capped_forget_term_has_zero_gradient_at_and_above_chance():
+    labels = torch.tensor([[0, 1, 2, 3]])
+    # uniform logits: CE is exactly ln|V| (at chance)
+    at_chance = torch.zeros(1, 4, 10, requires_grad=True)
+    term, ce = capped_forget_term(at_chance, labels)
+    assert float(ce) == pytest.approx(math.log(10)) and float(term.detach()) == pytest.approx(-math.log(10))
+    term.backward()
+    assert torch.count_nonzero(at_chance.grad) == 0
+    # confidently wrong: CE above chance, still no push
+    wrong = torch.full((1, 4, 10), 0.0)
+    wrong[..., 9] = 8.0
+    wrong.requires_grad_(True)
+    term, ce = capped_forget_term(wrong, labels)
+    assert float(ce) > math.log(10) and float(term) == pytest.approx(-math.log(10))
+    term.backward()
+    assert torch.count_nonzero(wrong.grad) == 0
+    # below chance the term pushes CE up
+    right = torch.zeros(1, 4, 10)
+    right[0, torch.arange(3), labels[0, 1:]] = 3.0
+    right.requires_grad_(True)
+    term, ce = capped_forget_term(right, labels)
+    assert float(ce) < math.log(10)
+    term.backward()
+    assert right.grad.abs().sum() > 0
+
+
+def test_ce_excludes_the_first_token_and_padding():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    changed = labels.clone()
+    changed[:, 0] = (labels[:, 0] + 1) % 7  # the first token is never a target
+    assert torch.equal(next_token_ce(logits, labels), next_token_ce(logits, changed))
+    padded = labels.clone()
+    padded[1, 3:] = -100
+    manual = torch.cat([
+        torch.nn.functional.cross_entropy(logits[0, :4], labels[0, 1:], reduction="none"),
+        torch.nn.functional.cross_entropy(logits[1, :2], labels[1, 1:3], reduction="none"),
+    ]).mean()
+    assert torch.allclose(next_token_ce(logits, padded), manual)
+
+
+def test_retain_kl_direction_and_zero():
+    p = torch.randn(2, 3, 11)
+    q = torch.randn(2, 3, 11)
+    assert float(retain_kl(p, p)) == pytest.approx(0.0, abs=1e-6)
+    ref = torch.nn.functional.kl_div(q.log_softmax(-1).reshape(-1, 11), p.log_softmax(-1).reshape(-1, 11), log_target=True, reduction="batchmean")
+    assert torch.allclose(retain_kl(q, p), ref)  # KL(orig = p ‖ edited = q)
+
+
+# ---------------------------------------------------------------- budgets
+@pytest.mark.parametrize("budget", [2, 4, 8, 16, 31, 32, 100])
+@pytest.mark.parametrize("seq_len", [5, 32])
+def test_budget_takes_exactly_that_many_predicted_tokens(budget, seq_len):
+    stream = torch.arange(1000)  # token value = position: shows which tokens were taken
+    block, offset = take_budget(stream, budget, seed=3)
+    assert torch.equal(block, torch.arange(offset, offset + budget + 1))
+    ids, labels = forget_sequences(block, seq_len)
+    targets = labels[labels != -100]
+    assert targets.numel() == budget
+    assert torch.equal(targets.sort().values, block[1:])  # every token after the context, once
+    assert ids.shape[1] <= seq_len
+    # every target's context is the real preceding text
+    for i in range(ids.shape[0]):
+        for t in range(1, ids.shape[1]):
+            if labels[i, t] != -100:
+                assert labels[i, t] == ids[i, t] and ids[i, t - 1] == labels[i, t] - 1
+
+
+def test_seeds_take_disjoint_blocks_and_errors_say_how_much_text_there_is():
+    stream = torch.arange(100)
+    blocks = [set(take_budget(stream, 8, seed)[0].tolist()) for seed in range(11)]
+    assert all(not (a & b) for i, a in enumerate(blocks) for b in blocks[i + 1 :])
+    assert take_budget(stream, 8, 2)[1] == take_budget(stream, 8, 2)[1]  # reproducible
+    with pytest.raises(ValueError, match="only 100 tokens: use a budget of at most 99"):
+        take_budget(stream, 100, 0)
+    with pytest.raises(ValueError, match="seeds 0..10"):
+        take_budget(stream, 8, 11)
+
+
+# ---------------------------------------------------------------- trainer
+def scale_config(**kw):
+    base = dict(method="component_scale", selection=Selection(keys=["h.1.attn.v_proj:2"]), budget=16, lr=0.05, seq_len=16,
+                retain_batch_size=2, patience=5, max_steps=40)
+    return TuneConfig(**(base | kw))
+
+
+def test_tune_raises_forget_ce_and_serialises(make_model):
+    model = make_model()
+    forget, retain = streams()
+    tunable, result = tune(scale_config(max_steps=25, patience=1000, lr=0.3), model, forget, retain, components())
+    assert result.steps == 25 and result.stopped_reason == "max_steps" and result.forget_tokens == 16
+    assert len(result.loss_history) == 25
+    with torch.no_grad():
+        ids, labels = forget_sequences(take_budget(forget, 16, 0)[0], 16)
+        before = next_token_ce(make_model()(input_ids=ids).logits, labels)
+        after = next_token_ce(tunable.model(input_ids=ids).logits, labels)
+    assert after > before + 0.1 and float(after) == pytest.approx(result.final_forget_ce, abs=0.3)
+    assert set(result.final_scalars) == {"h.1.attn.v_proj:2"} and result.final_scalars["h.1.attn.v_proj:2"] != 1.0
+    assert TuneResult.model_validate_json(result.model_dump_json()) == result
+    again, result2 = tune(scale_config(max_steps=25, patience=1000, lr=0.3), make_model(), forget, retain, components())
+    assert result2.final_scalars == result.final_scalars  # seeded: reproducible
+
+
+def test_tune_stops_on_plateau(make_model):
+    model = make_model()
+    forget, retain = streams()
+    # lr so small that the EMA never improves by min_delta: stop after `patience` steps
+    _, result = tune(scale_config(lr=1e-9, min_delta=1e-3, patience=4), model, forget, retain, components())
+    assert result.stopped_reason == "plateau" and result.steps == 5
+
+
+def test_lora_runs_through_the_same_trainer(make_model):
+    forget, retain = streams()
+    tunable, result = tune(TuneConfig(method="lora", budget=8, lr=0.01, seq_len=16, retain_batch_size=2, max_steps=3), make_model(), forget, retain)
+    assert result.steps == 3 and result.final_scalars == {}
+    assert len(tunable.parameters) == 24  # A and B on 12 matrices
+
+
+def test_non_finite_loss_restores_the_last_good_step(make_model):
+    forget, retain = streams()
+    cfg = scale_config(max_steps=3, patience=1000)
+    _, reference = tune(cfg, make_model(), forget, retain, components())  # parameters after step 2
+    model = make_model()
+    calls = {"n": 0}
+
+    def poison(mod, args, out):
+        # each step runs the model three times (orig retain, forget, retain): poison step 3's forget pass
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] == 3 * 3 + 2 else out
+
+    model.h[1].register_forward_hook(poison)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 3 \(forget CE nan.*restored the parameters of step 2; lower the learning rate") as err:
+        tune(scale_config(max_steps=10, patience=1000), model, forget, retain, components())
+    assert err.value.step == 3
+    restored = float(model.h[1].attn.v_proj.scale.detach()[0])
+    # the restored value is the one the clean run used at step 2, i.e. before its last update
+    clean = make_model()
+    tunable, _ = tune(scale_config(max_steps=2, patience=1000), clean, forget, retain, components())
+    assert restored == pytest.approx(tunable.scalars()["h.1.attn.v_proj:2"], abs=0)
+    assert restored != reference.final_scalars["h.1.attn.v_proj:2"]
+
+
+def test_bad_input_errors(make_model):
+    forget, retain = streams()
+    with pytest.raises(ValueError, match="retain set is empty"):
+        tune(scale_config(), make_model(), forget, torch.zeros(0, dtype=torch.long), components())
+    with pytest.raises(ValueError, match="forget text has only 600 tokens"):
+        tune(scale_config(budget=2048), make_model(), forget, retain, components())
