@@ -14,8 +14,8 @@ STAGE_CLIS = [
     "comptune.decomposition.cli",
     "comptune.inspection.cli",
     "comptune.tuning.cli",
+    "comptune.study.cli",
     "comptune.report.cli",
-    "comptune.demo",
 ]
 
 
