@@ -1,0 +1,104 @@
+"""Rank-1 subcomponents of one weight matrix (spec §1).
+
+W ≈ Σ_c u_c v_cᵀ with V [d_in, C] (column c = read vector v_c) and U [C, d_out] (row c = write
+vector u_c), so the effective weight in nn.Linear layout is (V U)ᵀ [d_out, d_in]. HF `Conv1D`
+stores its weight as [d_in, d_out]; `kind` records which layout the target module uses so the
+comparison with W is always made in nn.Linear layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+SUPPORTED_MODULE_TYPES = (nn.Linear, Conv1D)
+
+
+def module_kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, Conv1D):
+        return "conv1d"
+    raise ValueError(
+        f"cannot decompose a {type(module).__name__}: only nn.Linear and transformers Conv1D weights are supported; "
+        "choose patterns that match linear layers only"
+    )
+
+
+def linear_layout_weight(module: nn.Module) -> torch.Tensor:
+    """The module's weight as [d_out, d_in] (a view for Conv1D, which stores [d_in, d_out])."""
+    return module.weight.T if module_kind(module) == "conv1d" else module.weight
+
+
+def format_component_key(path: str, index: int) -> str:
+    """("h.3.attn.v_proj", 513) -> "h.3.attn.v_proj:513"."""
+    return f"{path}:{index}"
+
+
+def parse_component_key(key: str) -> tuple[str, int]:
+    """"h.3.attn.v_proj:513" -> ("h.3.attn.v_proj", 513)."""
+    path, sep, idx = key.rpartition(":")
+    if not sep or not path or not idx.isdigit():
+        raise ValueError(f"component key {key!r} is not of the form '<module path>:<index>' (e.g. 'h.3.attn.v_proj:513')")
+    return path, int(idx)
+
+
+class LinearComponents(nn.Module):
+    """C rank-1 subcomponents of one [d_out, d_in] weight; the target module itself is not held here."""
+
+    def __init__(self, d_in: int, d_out: int, C: int, kind: str = "linear"):
+        super().__init__()
+        if C <= 0:
+            raise ValueError(f"the number of subcomponents C must be positive, got {C}")
+        if kind not in ("linear", "conv1d"):
+            raise ValueError(f"kind must be 'linear' or 'conv1d', got {kind!r}")
+        self.d_in, self.d_out, self.C, self.kind = d_in, d_out, C, kind
+        # init of the reference: V ~ N(0, 1/d_in), U ~ N(0, 1/C)
+        self.V = nn.Parameter(torch.randn(d_in, C) / math.sqrt(d_in))  # [d_in, C]
+        self.U = nn.Parameter(torch.randn(C, d_out) / math.sqrt(C))  # [C, d_out]
+
+    @classmethod
+    def for_module(cls, module: nn.Module, C: int) -> "LinearComponents":
+        d_out, d_in = linear_layout_weight(module).shape
+        comps = cls(d_in, d_out, C, module_kind(module))
+        return comps.to(device=module.weight.device)
+
+    def weight(self) -> torch.Tensor:
+        """Σ_c u_c v_cᵀ in nn.Linear layout [d_out, d_in]."""
+        return (self.V @ self.U).T
+
+    def inner_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """a_c = v_cᵀ x: [..., d_in] -> [..., C]."""
+        return x @ self.V
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Σ_c m_c a_c u_c: x [..., d_in], mask [..., C] -> [..., d_out] (no Δ, no bias)."""
+        return (self.inner_acts(x) * mask) @ self.U
+
+    def masked_output(
+        self,
+        x: torch.Tensor,
+        target_out: torch.Tensor,
+        bias: torch.Tensor | None,
+        mask: torch.Tensor,
+        delta_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """y = Σ_c m_c a_c u_c + m_Δ Δx + b, given the target module's own output Wx + b.
+
+        Δx = Wx − Σ_c a_c u_c, so y = Σ_c (m_c − m_Δ) a_c u_c + m_Δ Wx + b: one batched
+        [.., C] @ [C, d_out] product and no d_out×d_in matrix is formed per step; the Δ channel's
+        gradient into U and V is the same as with Δ materialised.
+        """
+        if delta_mask is None:
+            out = self.forward(x, mask)
+        else:
+            m_delta = delta_mask.unsqueeze(-1)  # [..., 1]
+            w_x = target_out if bias is None else target_out - bias
+            out = self.forward(x, mask - m_delta) + m_delta * w_x
+        return out if bias is None else out + bias
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}, C={self.C}, kind={self.kind}"
