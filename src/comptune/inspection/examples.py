@@ -1,0 +1,142 @@
+"""What a subcomponent does: activating examples, input/output-token PMI, write-vector logit effects.
+
+One pass over the data serves every requested key: causal importance is computed once per batch.
+- Input-token PMI: log P(token at the position | subcomponent fires) / P(token).
+- Output-token PMI: the same for the *next* token in the text (what the model should predict
+  where the subcomponent fires).
+- Write-vector effects: the tokens whose logits the write vector u_c raises and lowers through the
+  unembedding (direct path only; for a value or MLP-in vector it is first mapped through the
+  module that reads it: o_proj for v_proj, down_proj for c_fc — the latter ignores the GELU).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+
+import torch
+
+from ..decomposition.components import parse_component_key
+
+# where a module's output goes before it reaches the residual stream
+_READER_OF = {"v_proj": "o_proj", "c_fc": "down_proj"}
+# modules whose output only forms attention scores (GPT-2's fused c_attn mixes q, k and v)
+_NOT_RESIDUAL = {"q_proj", "k_proj", "c_attn"}
+
+
+def _check_keys(decomposition, keys: list[str]) -> list[tuple[str, int]]:
+    parsed = []
+    for key in keys:
+        path, idx = parse_component_key(key)
+        if path not in decomposition.module_paths:
+            raise KeyError(f"unknown module {path!r} in key {key!r}; modules: {', '.join(decomposition.module_paths)}")
+        if not 0 <= idx < decomposition.C(path):
+            raise KeyError(f"index {idx} out of range in key {key!r}: {path} has subcomponents 0..{decomposition.C(path) - 1}")
+        parsed.append((path, idx))
+    return parsed
+
+
+@torch.no_grad()
+def inspect_components(
+    decomposition,
+    tokenizer,
+    datasets: dict[str, torch.Tensor],
+    keys: list[str],
+    *,
+    threshold: float = 0.1,
+    n_examples: int = 8,
+    window: int = 12,
+    n_tokens: int = 12,
+    min_count: int = 3,
+    batch_size: int = 8,
+) -> dict[str, dict]:
+    """Per key: top activating examples (firing token marked ⟦…⟧ with its CI), firing counts per
+    dataset, and input/output-token PMI lists (tokens seen at least `min_count` times when firing)."""
+    parsed = _check_keys(decomposition, keys)
+    heaps: dict[str, list] = {k: [] for k in keys}
+    fire_in = {k: Counter() for k in keys}
+    fire_out = {k: Counter() for k in keys}
+    fires = {k: Counter() for k in keys}
+    all_in, all_out = Counter(), Counter()
+    counter = 0  # tie-breaker so heap entries never compare tensors
+    for name, blocks in datasets.items():
+        if blocks.numel() == 0:
+            raise ValueError(f"dataset {name!r} is empty")
+        for start in range(0, len(blocks), batch_size):
+            batch = blocks[start : start + batch_size]  # [B, T]
+            all_in.update(batch.flatten().tolist())
+            all_out.update(batch[:, 1:].flatten().tolist())
+            ci = decomposition.causal_importance(batch)
+            for key, (path, idx) in zip(keys, parsed):
+                c = ci.lower[path][..., idx]  # [B, T]
+                for b, t in (c > threshold).nonzero().tolist():
+                    fires[key][name] += 1
+                    fire_in[key][int(batch[b, t])] += 1
+                    if t + 1 < batch.shape[1]:
+                        fire_out[key][int(batch[b, t + 1])] += 1
+                    item = (float(c[b, t]), counter, name, batch[b], t)
+                    counter += 1
+                    if len(heaps[key]) < n_examples:
+                        heapq.heappush(heaps[key], item)
+                    else:
+                        heapq.heappushpop(heaps[key], item)
+    n_in, n_out = sum(all_in.values()), sum(all_out.values())
+    reports = {}
+    for key in keys:
+        examples = []
+        for value, _, name, row, t in sorted(heaps[key], key=lambda it: -it[0]):
+            lo, hi = max(0, t - window), min(len(row), t + window // 3 + 1)
+            left = tokenizer.decode(row[lo:t].tolist())
+            tok = tokenizer.decode(row[t : t + 1].tolist())
+            right = tokenizer.decode(row[t + 1 : hi].tolist())
+            examples.append({"dataset": name, "ci": round(value, 4), "text": f"{left}⟦{tok}⟧{right}", "token": tok})
+        reports[key] = {
+            "fires": dict(fires[key]),
+            "examples": examples,
+            "input_pmi": _pmi(fire_in[key], all_in, n_in, tokenizer, n_tokens, min_count),
+            "output_pmi": _pmi(fire_out[key], all_out, n_out, tokenizer, n_tokens, min_count),
+        }
+    return reports
+
+
+def _pmi(fired: Counter, overall: Counter, n_overall: int, tokenizer, top: int, min_count: int) -> list[dict]:
+    n_fired = sum(fired.values())
+    if n_fired == 0:
+        return []
+    rows = [
+        (math.log((c / n_fired) / (overall[tok] / n_overall)), tok, c)
+        for tok, c in fired.items() if c >= min_count
+    ]
+    rows.sort(reverse=True)
+    return [{"token": tokenizer.decode([tok]), "pmi": round(p, 3), "count": c} for p, tok, c in rows[:top]]
+
+
+@torch.no_grad()
+def write_vector_effects(model, decomposition, key: str, *, top: int = 10, tokenizer=None) -> dict | None:
+    """Tokens whose logits u_c most raises / lowers along the direct path to the unembedding.
+    None for subcomponents whose output never enters the residual stream linearly (q, k)."""
+    (path, idx), = _check_keys(decomposition, [key])
+    u = decomposition.get_components(path).U[idx].detach().float()  # [d_out]
+    module_name = path.rsplit(".", 1)[-1]
+    if module_name in _NOT_RESIDUAL:
+        return None
+    modules = dict(model.named_modules())
+    if module_name in _READER_OF:
+        reader = modules.get(f"{path.rsplit('.', 1)[0]}.{_READER_OF[module_name]}")  # sibling module
+        if reader is None:
+            return None
+        u = reader.weight.detach().float() @ u  # [d_model]
+    unembed = model.get_output_embeddings().weight.detach().float()  # [V, d_model]
+    if u.shape[0] != unembed.shape[1]:
+        return None  # a module whose output is not in the residual basis
+    norm = getattr(model, "ln_f", None)
+    if norm is not None and getattr(norm, "weight", None) is not None:
+        u = u * norm.weight.detach().float()  # the final norm's gain, without its data-dependent scale
+    logits = unembed @ u  # [V]
+    up, down = logits.topk(top), (-logits).topk(top)
+    dec = (lambda i: tokenizer.decode([i])) if tokenizer is not None else str
+    return {
+        "promoted": [{"token": dec(i), "logit": round(float(v), 3)} for v, i in zip(up.values, up.indices.tolist())],
+        "suppressed": [{"token": dec(i), "logit": round(-float(v), 3)} for v, i in zip(down.values, down.indices.tolist())],
+    }
