@@ -204,6 +204,7 @@ def prepare_data(cfg: PretrainConfig, out_dir: str | Path) -> tuple:
     from transformers import PreTrainedTokenizerFast
 
     from ..corpus.bundle import bundled_texts
+    from ..corpus.loading import token_stream
     from ..tokenizer import train_tokenizer
 
     out_dir = Path(out_dir)
@@ -229,11 +230,6 @@ def prepare_data(cfg: PretrainConfig, out_dir: str | Path) -> tuple:
     if streams_path.is_file():
         streams = load_safetensors(streams_path)
     else:
-        streams = {lang: _token_stream(tokenizer, docs) for lang, docs in texts.items()}
+        streams = {lang: token_stream(tokenizer, docs) for lang, docs in texts.items()}
         save_safetensors_atomic(streams, streams_path)
     return tokenizer, streams
-
-
-def _token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
-    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
-    return torch.tensor([i for doc in ids for i in [tokenizer.bos_token_id, *doc]], dtype=torch.long)
