@@ -1,0 +1,484 @@
+"""Train a decomposition (VPD; SPD with the layerwise CI function and the adversary off).
+
+One step (spec §4–§5, following the reference code):
+1. clean target forward → pre-weight activations → CI (g_lower builds masks, g_upper for minimality);
+2. 2 Adam ascent steps of the persistent adversary's sources, CI and components held fixed;
+3. total = c_faith·faithfulness + c_stoch·KL(stochastic masks, subset routing)
+   + c_adv·KL(adversarial masks, all routed) + c_min·minimality(p annealed);
+4. the adversary's source gradient from that same graph is taken before the main backward and
+   applied as a third ascent step after it; components' gradient norm is clipped; two AdamW
+   optimisers (components, CI function) step on a cosine schedule.
+
+Runs resume from `out_dir/checkpoint.safetensors` (one atomic file holding components, CI,
+both optimisers, the adversary's sources and moments of every rank, RNG states and the step).
+Under `torchrun` the same function trains data-parallel (DDP, gloo on CPU / NCCL on GPU): the
+global batch is split across ranks, masks and adversaries are per rank, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from tqdm.auto import tqdm
+
+from .._io import append_jsonl, load_safetensors, read_jsonl, save_safetensors_atomic, versions, write_json_atomic
+from ..config import StrictConfig
+from .ci import CIConfig
+from .decomposed import Decomposition
+from .losses import (
+    PersistentPGD,
+    anneal_p,
+    faithfulness_loss,
+    kl_target_to_masked,
+    minimality_loss,
+    sample_stochastic_masks,
+    sample_subset_routing,
+)
+from .report import quality_report
+
+# The paper's 24 matrices of the 4-layer model and their C (spec §1).
+PAPER_PATTERNS = {
+    "h.*.attn.q_proj": 512,
+    "h.*.attn.k_proj": 512,
+    "h.*.attn.v_proj": 1024,
+    "h.*.attn.o_proj": 1024,
+    "h.*.mlp.c_fc": 3072,
+    "h.*.mlp.down_proj": 3584,
+}
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+TRAIN_LOG_NAME = "train_log.jsonl"
+EVAL_LOG_NAME = "eval_log.jsonl"
+CONFIG_NAME = "decompose_config.json"
+QUALITY_NAME = "quality.json"
+
+# Settings that do not change the run's arithmetic: a resumed run may change them.
+BOOKKEEPING_FIELDS = {"eval_every", "eval_batch_size", "checkpoint_every", "log_every", "max_minutes"}
+
+
+class DecomposeConfig(StrictConfig):
+    """Defaults are the paper's 4-layer run (spec §5); `preset("small")` sizes it for the bundled model."""
+
+    seed: int = 0
+    patterns: dict[str, int] = Field(default_factory=lambda: dict(PAPER_PATTERNS))  # fnmatch -> C
+    ci: CIConfig = Field(default_factory=CIConfig)
+    reconstruction: Literal["kl", "mse"] = "kl"  # kl: language models; mse: toy models with vector outputs
+    # optimisation
+    steps: int = Field(default=400_000, gt=0)
+    batch_size: int = Field(default=64, gt=0)  # global: split across data-parallel ranks
+    lr: float = Field(default=5e-5, gt=0)  # components
+    ci_lr: float | None = Field(default=None, gt=0)  # CI function; None = lr
+    lr_final_frac: float = Field(default=0.1, ge=0)  # cosine decay to this fraction
+    grad_clip_components: float | None = Field(default=0.01, gt=0)  # on U, V only
+    faithfulness_warmup_steps: int = Field(default=400, ge=0)
+    faithfulness_warmup_lr: float = Field(default=1e-3, gt=0)
+    # loss
+    coeff_faithfulness: float = Field(default=1e7, ge=0)
+    coeff_stochastic: float = Field(default=0.5, ge=0)
+    coeff_adversarial: float = Field(default=0.5, ge=0)  # 0 turns the persistent adversary off (SPD)
+    coeff_minimality: float = Field(default=2e-4, ge=0)
+    p_start: float = Field(default=2.0, gt=0)
+    p_end: float = Field(default=0.4, gt=0)
+    minimality_beta: float = Field(default=0.5, ge=0)  # frequency term
+    minimality_eps: float = Field(default=1e-12, ge=0)
+    routing: Literal["uniform_k_subset", "all"] = "uniform_k_subset"  # of the stochastic term
+    # persistent adversary
+    ppgd_lr: float = Field(default=0.01, gt=0)
+    ppgd_lr_final_frac: float = Field(default=1.0, ge=0)
+    ppgd_warmup_frac: float = Field(default=0.025, ge=0, lt=1)
+    ppgd_betas: tuple[float, float] = (0.5, 0.99)
+    ppgd_eps: float = Field(default=1e-8, gt=0)
+    ppgd_inner_steps: int = Field(default=2, ge=0)
+    # evaluation and bookkeeping
+    eval_every: int = Field(default=1000, gt=0)
+    eval_batch_size: int = Field(default=8, gt=0)
+    pgd_eval_steps: int = Field(default=20, ge=0)
+    pgd_eval_step_size: float = Field(default=0.1, gt=0)
+    checkpoint_every: int = Field(default=1000, gt=0)
+    log_every: int = Field(default=10, gt=0)
+    max_minutes: float | None = Field(default=None, gt=0)  # stop (checkpointed, resumable) after this wall time
+
+    @model_validator(mode="after")
+    def _check(self) -> "DecomposeConfig":
+        if not self.patterns:
+            raise ValueError("patterns must name at least one module pattern with its C")
+        bad = {k: v for k, v in self.patterns.items() if v <= 0}
+        if bad:
+            raise ValueError(f"C must be positive for every pattern, got {bad}")
+        return self
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "DecomposeConfig":
+        """Named starting points: "paper" (the defaults) and "small" (a ~4-layer d=128 model on 2 CPU cores)."""
+        presets = {"paper": {}, "small": SMALL_PRESET}
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+        return cls.model_validate({**presets[name], **overrides})
+
+
+# Sized for the bundled model (4 layers, d_model 128, d_mlp 512): C ≈ 2–4× the matrix's smaller
+# side, a CI transformer half the target's depth and twice its width, the SimpleStories run's
+# lr (3e-4) and a batch that fits a 2-core CPU.
+SMALL_PRESET = {
+    "patterns": {"h.*.attn.q_proj": 256, "h.*.attn.k_proj": 256, "h.*.attn.v_proj": 256, "h.*.attn.o_proj": 256, "h.*.mlp.c_fc": 512, "h.*.mlp.down_proj": 512},
+    "ci": {"type": "global_transformer", "d_model": 256, "n_blocks": 2, "n_heads": 4, "d_ff": 1024},
+    "steps": 20_000,
+    "batch_size": 8,
+    "lr": 3e-4,
+    "eval_every": 500,
+    "checkpoint_every": 200,
+}
+
+
+def cosine_lr(step: int, total: int, start: float, final_frac: float, warmup_frac: float = 0.0) -> float:
+    """Linear warm-up over warmup_frac·total steps, then half-cosine from start to start·final_frac."""
+    warmup = int(warmup_frac * total)
+    if step < warmup:
+        return start * step / warmup
+    progress = min(max((step - warmup) / max(total - warmup - 1, 1), 0.0), 1.0)
+    final = start * final_frac
+    return final + 0.5 * (start - final) * (1 + math.cos(math.pi * progress))
+
+
+def batch_indices(step: int, n: int, global_batch: int, seed: int, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's rows of the global batch at `step`: a fresh seeded permutation every epoch, the
+    global batch split across ranks. A pure function of the step, so a resumed run sees the same data."""
+    local = global_batch // world_size
+    first = step * global_batch + rank * local
+    rows = []
+    for k in range(first, first + local):
+        epoch, i = divmod(k, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        rows.append(perm[i])
+    return torch.stack(rows)
+
+
+class _StopRequested:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints and returns at the end of the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        if _in_main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _dist_setup() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group that torchrun describes, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world_size = 0, 1
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return rank, world_size, torch.device("cuda", local_rank)
+    return rank, world_size, torch.device("cpu")
+
+
+def _gather(t: torch.Tensor, world_size: int) -> list[torch.Tensor]:
+    """Every rank's copy of a same-shaped tensor (just [t] without a process group)."""
+    if world_size == 1:
+        return [t]
+    out = [torch.empty_like(t) for _ in range(world_size)]
+    dist.all_gather(out, t.contiguous())
+    return out
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, state in opt.state_dict()["state"].items():
+        out.update({f"{prefix}.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
+    return out
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    sd = opt.state_dict()
+    n_params = len(sd["param_groups"][0]["params"])
+    state = {}
+    for i in range(n_params):
+        keys = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{prefix}.{i}.")}
+        if keys:
+            state[i] = keys
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def _changed_fields(saved: dict, now: dict) -> list[str]:
+    return sorted(k for k in set(saved) | set(now) if k not in BOOKKEEPING_FIELDS and saved.get(k) != now.get(k))
+
+
+def decompose(
+    target: torch.nn.Module,
+    train_blocks: torch.Tensor,
+    config: DecomposeConfig,
+    out_dir: str | Path,
+    resume: bool = True,
+    eval_blocks: torch.Tensor | None = None,
+    stop_at_step: int | None = None,
+) -> Decomposition:
+    """Decompose `target` on `train_blocks` ([N, T] token ids, or [N, ...] inputs for `mse` toys).
+
+    Writes to `out_dir`: the config, `train_log.jsonl` (loss terms every log_every steps),
+    `eval_log.jsonl` (quality figures every eval_every steps, if eval_blocks are given), the resumable
+    checkpoint and, at the end (or when stopped), the decomposition itself and `quality.json`.
+    `resume=True` continues from an existing checkpoint; `stop_at_step` ends the run early after
+    checkpointing there (to split a run deterministically). Returns the decomposition, with
+    `provenance["completed"]` telling whether all `config.steps` were done.
+    """
+    out_dir = Path(out_dir)
+    if train_blocks.shape[0] < config.batch_size:
+        raise ValueError(f"{train_blocks.shape[0]} training blocks are fewer than one batch (batch_size={config.batch_size}); give more data or a smaller batch")
+    rank, world_size, device = _dist_setup()
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes ({world_size})")
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    resuming = ckpt_path.is_file()
+    if resuming and not resume:
+        raise ValueError(f"{out_dir} already holds a checkpoint; resume it (--resume) or choose a new output folder")
+
+    # identical initialisation on every rank
+    torch.manual_seed(config.seed)
+    target.to(device)
+    decomposition = Decomposition.create(target, config.patterns, config.ci).to(device)
+    component_params = decomposition.component_parameters()
+    ci_params = list(decomposition.ci_fn.parameters())
+    tensors = None
+    if resuming:
+        tensors, meta = _read_checkpoint(ckpt_path, config, world_size)
+        for k, p in decomposition.named_parameters():
+            if p.requires_grad:
+                p.data.copy_(tensors[f"params.{k}"])
+        step = meta["step"]
+    else:
+        _faithfulness_warmup(decomposition, config)
+        step = 0
+
+    # from here ranks diverge: per-rank streams for masks and routing
+    mask_rng = torch.Generator(device=device).manual_seed(config.seed * 7919 + 1 + rank)
+    model = decomposition
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(decomposition, device_ids=[device.index] if device.type == "cuda" else None)
+    opt_components = torch.optim.AdamW(component_params, lr=config.lr, weight_decay=0.0)
+    opt_ci = torch.optim.AdamW(ci_params, lr=config.ci_lr or config.lr, weight_decay=0.0)
+    # the adversary's sources are shaped like the CI ([B, T] or [B] then C+1): made at the first step
+    ppgd: PersistentPGD | None = None
+    ppgd_resume_state = None
+    if tensors is not None:
+        _load_optimizer(opt_components, tensors, "opt.components")
+        _load_optimizer(opt_ci, tensors, "opt.ci")
+        mask_rng.set_state(tensors[f"rank{rank}.rng.masks"].cpu())
+        torch.set_rng_state(tensors[f"rank{rank}.rng.torch"].cpu())
+        ppgd_resume_state = {k.removeprefix(f"rank{rank}.ppgd."): v.to(device) for k, v in tensors.items() if k.startswith(f"rank{rank}.ppgd.")}
+        del tensors
+    if rank == 0:
+        _prepare_logs(out_dir, step, resuming)
+        write_json_atomic(out_dir / CONFIG_NAME, {"config": config.model_dump(mode="json"), "seed": config.seed, "world_size": world_size, "versions": versions()})
+
+    def save_checkpoint() -> None:
+        t = {f"params.{k}": p.detach() for k, p in decomposition.named_parameters() if p.requires_grad}
+        t.update(_optimizer_tensors(opt_components, "opt.components"))
+        t.update(_optimizer_tensors(opt_ci, "opt.ci"))
+        per_rank = {"rng.masks": mask_rng.get_state(), "rng.torch": torch.get_rng_state()}
+        if ppgd is not None:
+            per_rank.update({f"ppgd.{k}": v for k, v in ppgd.state_tensors().items()})
+        for name, value in per_rank.items():
+            for r, v in enumerate(_gather(value.to(device), world_size)):
+                t[f"rank{r}.{name}"] = v
+        if rank == 0:
+            meta = {"step": step, "world_size": world_size, "config": config.model_dump(mode="json"), "versions": versions()}
+            save_safetensors_atomic(t, ckpt_path, metadata={"state": json.dumps(meta)})
+
+    recon = kl_target_to_masked if config.reconstruction == "kl" else (lambda out, ref: F.mse_loss(out, ref.detach()))
+    evaluate = eval_blocks is not None and config.reconstruction == "kl"
+    paths = decomposition.module_paths
+    t0, start_step = time.time(), step
+    bar = tqdm(total=config.steps, initial=step, desc="decompose", dynamic_ncols=True, disable=rank != 0)
+    stopped = False
+    with _StopRequested() as stop:
+        while step < config.steps:
+            if evaluate and step % config.eval_every == 0 and rank == 0:
+                _log_eval(decomposition, eval_blocks, config, out_dir, step, bar)
+            lr = cosine_lr(step, config.steps, config.lr, config.lr_final_frac)
+            for g in opt_components.param_groups:
+                g["lr"] = lr
+            for g in opt_ci.param_groups:
+                g["lr"] = cosine_lr(step, config.steps, config.ci_lr or config.lr, config.lr_final_frac)
+            ppgd_lr = cosine_lr(step, config.steps, config.ppgd_lr, config.ppgd_lr_final_frac, config.ppgd_warmup_frac)
+            batch = train_blocks[batch_indices(step, train_blocks.shape[0], config.batch_size, config.seed, rank, world_size)].to(device)
+
+            ci = model(batch)
+            target_out = ci.target_logits.detach()
+            terms = {"faithfulness": faithfulness_loss(decomposition)}
+            p = anneal_p(step, config.steps, config.p_start, config.p_end)
+            terms["minimality"] = minimality_loss(ci.upper, p, config.minimality_beta, config.minimality_eps, world_size)
+            masks, delta_masks = sample_stochastic_masks(ci.lower, mask_rng)
+            routing = None
+            if config.routing == "uniform_k_subset":
+                routing = sample_subset_routing(paths, tuple(ci.lower[paths[0]].shape[:-1]), device, mask_rng)
+            terms["stochastic"] = recon(decomposition.masked_logits(batch, masks, delta_masks, routing), target_out)
+            source_grads = None
+            if ppgd is None and config.coeff_adversarial > 0:
+                ppgd = _make_ppgd(decomposition, ci.lower, config, device, rank, ppgd_resume_state)
+            if ppgd is not None:
+                _ppgd_ascend(ppgd, decomposition, batch, target_out, ci.lower, ppgd_lr, config.ppgd_inner_steps, recon)
+                adv_masks, adv_delta = ppgd.masks(ci.lower)
+                terms["adversarial"] = recon(decomposition.masked_logits(batch, adv_masks, adv_delta), target_out)
+                source_grads = torch.autograd.grad(terms["adversarial"], list(ppgd.sources.values()), retain_graph=True)
+            total = (
+                config.coeff_faithfulness * terms["faithfulness"]
+                + config.coeff_minimality * terms["minimality"]
+                + config.coeff_stochastic * terms["stochastic"]
+                + (config.coeff_adversarial * terms["adversarial"] if ppgd is not None else 0.0)
+            )
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"non-finite loss at step {step} ({ {k: v.item() for k, v in terms.items()} }); the last good checkpoint is in {out_dir}")
+            opt_components.zero_grad(set_to_none=True)
+            opt_ci.zero_grad(set_to_none=True)
+            total.backward()
+            grad_norm = None
+            if config.grad_clip_components is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(component_params, config.grad_clip_components).item()
+            opt_components.step()
+            opt_ci.step()
+            if ppgd is not None:
+                ppgd.adam_ascent_step(dict(zip(ppgd.sources, source_grads)), ppgd_lr)
+            step += 1
+
+            if rank == 0 and (step % config.log_every == 0 or step == config.steps):
+                row = {"step": step, "loss": total.item(), **{k: v.item() for k, v in terms.items()}, "p": p, "lr": lr, "ppgd_lr": ppgd_lr, "grad_norm_components": grad_norm}
+                append_jsonl(out_dir / TRAIN_LOG_NAME, row)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "faithfulness", "stochastic", "adversarial", "minimality")})
+            bar.update(1)
+            out_of_time = config.max_minutes is not None and (time.time() - t0) / 60 > config.max_minutes
+            stop_now = stop.requested or out_of_time or step == stop_at_step
+            if world_size > 1:  # every rank must stop at the same step (the checkpoint gathers from all)
+                flag = torch.tensor(float(stop_now), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop_now = bool(flag.item())
+            if step % config.checkpoint_every == 0 or stop_now or step == config.steps:
+                save_checkpoint()
+            if stop_now:
+                stopped = step < config.steps
+                break
+    bar.close()
+
+    completed = step >= config.steps
+    decomposition.config = config.model_dump(mode="json")
+    decomposition.provenance = {
+        "method": "VPD" if ppgd is not None else "SPD",
+        "steps_done": step, "completed": completed, "world_size": world_size, "seed": config.seed,
+        "train_blocks_shape": list(train_blocks.shape), "wall_time_s_this_session": round(time.time() - t0, 1),
+        "steps_this_session": step - start_step,
+    }
+    if rank == 0:
+        decomposition.save(out_dir)
+        if evaluate and completed:
+            report = _log_eval(decomposition, eval_blocks, config, out_dir, step, bar=None)
+            write_json_atomic(out_dir / QUALITY_NAME, {"step": step, "report": report, "config": config.model_dump(mode="json"), "seed": config.seed, "versions": versions()})
+    if stopped and rank == 0:
+        print(f"decompose: stopped at step {step}/{config.steps}; checkpoint in {ckpt_path} (resume to continue)")
+    return decomposition
+
+
+def _faithfulness_warmup(decomposition: Decomposition, config: DecomposeConfig) -> None:
+    """AdamW on the Δ loss alone, so training starts from components that already sum to W."""
+    params = decomposition.component_parameters()
+    opt = torch.optim.AdamW(params, lr=config.faithfulness_warmup_lr, weight_decay=0.0)
+    for _ in range(config.faithfulness_warmup_steps):
+        opt.zero_grad(set_to_none=True)
+        faithfulness_loss(decomposition).backward()
+        opt.step()
+
+
+def _make_ppgd(decomposition: Decomposition, ci_lower, config: DecomposeConfig, device, rank: int, resume_state: dict | None) -> PersistentPGD:
+    # its own generator, so creating the sources never shifts the mask stream (a resumed run
+    # makes them afresh and then loads the checkpointed ones)
+    init_rng = torch.Generator(device=device).manual_seed(config.seed * 7919 + 2 + rank)
+    batch_shape = tuple(ci_lower[decomposition.module_paths[0]].shape[:-1])
+    C = {p: decomposition.C(p) for p in decomposition.module_paths}
+    ppgd = PersistentPGD(C, batch_shape, device, init_rng, tuple(config.ppgd_betas), config.ppgd_eps)
+    if resume_state:
+        ppgd.load_state_tensors(resume_state)
+    return ppgd
+
+
+def _ppgd_ascend(ppgd: PersistentPGD, decomposition, batch, target_out, ci_lower, lr: float, n_steps: int, recon) -> None:
+    ci_fixed = {p: g.detach() for p, g in ci_lower.items()}
+    for _ in range(n_steps):
+        masks, delta_masks = ppgd.masks(ci_fixed)
+        loss = recon(decomposition.masked_logits(batch, masks, delta_masks), target_out)
+        grads = torch.autograd.grad(loss, list(ppgd.sources.values()))
+        ppgd.adam_ascent_step(dict(zip(ppgd.sources, grads)), lr)
+
+
+def _read_checkpoint(path: Path, config: DecomposeConfig, world_size: int) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("state", "{}"))
+    if "step" not in meta:
+        raise ValueError(f"{path} is not a decompose checkpoint (no training state in its metadata)")
+    changed = _changed_fields(meta["config"], config.model_dump(mode="json"))
+    if changed:
+        raise ValueError(f"checkpoint {path} was written with a different config ({', '.join(changed)}); resume with the same config or use a new output folder")
+    if meta["world_size"] != world_size:
+        raise ValueError(f"checkpoint {path} was written by {meta['world_size']} processes, this run has {world_size}; resume with the same number")
+    return load_safetensors(path), meta
+
+
+def _prepare_logs(out_dir: Path, step: int, resuming: bool) -> None:
+    """A resumed run drops log rows written after its checkpoint (they will be recomputed)."""
+    from .._io import write_text_atomic
+
+    for name in (TRAIN_LOG_NAME, EVAL_LOG_NAME):
+        path = out_dir / name
+        if not resuming:
+            if path.exists():
+                path.unlink()
+            continue
+        # train rows are stamped after their step ran, eval rows before it
+        keep = [r for r in read_jsonl(path) if (r["step"] <= step if name == TRAIN_LOG_NAME else r["step"] < step)]
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def _log_eval(decomposition: Decomposition, eval_blocks: torch.Tensor, config: DecomposeConfig, out_dir: Path, step: int, bar) -> dict:
+    report = quality_report(decomposition, eval_blocks, batch_size=config.eval_batch_size, pgd_steps=config.pgd_eval_steps,
+                            pgd_step_size=config.pgd_eval_step_size, seed=config.seed)
+    append_jsonl(out_dir / EVAL_LOG_NAME, {"step": step, **report})
+    msg = (f"step {step}: CE target {report['ce']['target']:.3f} unmasked {report['ce']['unmasked']:.3f} stochastic "
+           f"{report['ce']['stochastic']:.3f} ci-masked {report['ce']['ci_masked']:.3f} L0 {report['l0']['total']:.1f} "
+           f"alive {report['alive']['total']} PGD KL {report['pgd_kl']:.3f}")
+    (bar.write if bar is not None else print)(msg)
+    return report
