@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from comptune.decomposition import CIConfig, Decomposition
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 from comptune.tuning import (
     ComponentScaleConfig,
@@ -45,26 +46,6 @@ def random_components(model, seed=1):
     return out
 
 
-def masked_decomposed_logits(model, comps, ids, masks):
-    """Reference: every decomposed module computes Σ_c m_c (v_cᵀ x) u_c + Δ x with per-(b, t, c) masks."""
-    hooks = []
-    for path, (V, U) in comps.items():
-        lin = model.get_submodule(path)
-        delta = lin.weight.detach() - (V @ U).T  # [d_out, d_in]
-
-        def hook(mod, args, out, V=V, U=U, delta=delta, m=masks[path]):
-            x = args[0]
-            return ((x @ V) * m) @ U + x @ delta.T
-
-        hooks.append(lin.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            return model(input_ids=ids).logits
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 def ids_batch(seed=2, B=3, T=16):
     return torch.randint(0, V_SIZE, (B, T), generator=torch.Generator().manual_seed(seed))
 
@@ -81,45 +62,80 @@ def edited(model=None, comps=None, keys=KEYS, scales=SCALES, config=None):
     return wrapped, comps
 
 
-def ones_masks(ids):
-    return {p: torch.ones(*ids.shape, C) for p in DECOMPOSED}
+def tiny_decomposition(model):
+    """A real (untrained) Decomposition of three matrices with a small layerwise CI function."""
+    torch.manual_seed(3)
+    return Decomposition.create(model, {"h.*.attn.v_proj": C, "h.0.mlp.c_fc": C}, CIConfig(type="layerwise_mlp"))
 
 
-def test_low_rank_forward_equals_masked_decomposed_forward():
-    ids = ids_batch()
-    wrapped, comps = edited()
-    masks = ones_masks(ids)
-    for key, s in SCALES.items():
+def scaled_masks(dec, ids, scales, gate=None):
+    """Masks 1 everywhere except the scaled subcomponents, which get s (where `gate` is on)."""
+    masks = {p: torch.ones(*ids.shape, C) for p in dec.module_paths}
+    for key, s in scales.items():
         path, idx = key.rsplit(":", 1)
-        masks[path][..., int(idx)] = s
-    ref = masked_decomposed_logits(tiny_model(), comps, ids, masks)
-    with torch.no_grad():
-        ours = wrapped(input_ids=ids).logits
-    assert torch.allclose(ours, ref, atol=1e-5)
-    # and the edit is not a no-op
-    with torch.no_grad():
-        base = tiny_model()(input_ids=ids).logits
-    assert (ours - base).abs().max() > 1e-2
-
-
-def test_ci_gated_forward_equals_per_token_masks():
-    ids = ids_batch()
-    wrapped, comps = edited(config=ComponentScaleConfig(ci_threshold=0.5))
-    ci = {p: torch.rand(*ids.shape, C, generator=torch.Generator().manual_seed(7)) for p in DECOMPOSED}
-    masks = ones_masks(ids)
-    for key, s in SCALES.items():
-        path, idx = key.rsplit(":", 1)
-        on = ci[path][..., int(idx)] > 0.5
+        on = torch.ones(ids.shape, dtype=torch.bool) if gate is None else gate[path][..., int(idx)]
         masks[path][..., int(idx)] = torch.where(on, torch.tensor(s), torch.tensor(1.0))
-    ref = masked_decomposed_logits(tiny_model(), comps, ids, masks)
+    return masks
+
+
+def test_forward_equals_decomposition_masked_logits_with_delta():
+    ids = ids_batch()
+    dec = tiny_decomposition(tiny_model())
+    with torch.no_grad():
+        ref = dec.masked_logits(ids, scaled_masks(dec, ids, SCALES), delta_masks={p: torch.ones(ids.shape) for p in dec.module_paths})
+    wrapped = apply_component_scale(tiny_model(), dec, KEYS)  # another instance of the same model
+    wrapped.set_scales(SCALES)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(input_ids=ids).logits, ref, atol=1e-5)
+    assert wrapped.provenance["target"]["fingerprint"] == dec.metadata()["target"]["fingerprint"]
+    with pytest.raises(ValueError, match="made for a different model"):
+        apply_component_scale(tiny_model(seed=5), dec, KEYS)
+
+
+def test_ci_gated_scaling_computes_ci_once_per_batch(monkeypatch):
+    ids = ids_batch()
+    model = tiny_model()
+    dec = tiny_decomposition(model)
+    threshold = 0.05
+    scales = {"h.1.attn.v_proj:5": -1.5, "h.0.attn.v_proj:11": 0.25, "h.0.mlp.c_fc:5": 4.0}
+    with torch.no_grad():
+        gate = {p: ci > threshold for p, ci in dec.causal_importance(ids).lower.items()}
+        ref = dec.masked_logits(ids, scaled_masks(dec, ids, scales, gate), delta_masks={p: torch.ones(ids.shape) for p in dec.module_paths})
+    for key in scales:  # the gates really vary over positions
+        path, idx = key.rsplit(":", 1)
+        assert 0 < gate[path][..., int(idx)].float().mean() < 1
+    # edit the decomposition's own target in place: CI must still come from the clean model
+    wrapped = apply_component_scale(model, dec, list(scales), ComponentScaleConfig(ci_threshold=threshold))
+    wrapped.set_scales(scales)
+    calls = []
+    original = dec.causal_importance
+    monkeypatch.setattr(dec, "causal_importance", lambda x: calls.append(x.shape) or original(x))
+    with torch.no_grad():
+        out = wrapped(input_ids=ids).logits
+    assert calls == [ids.shape]
+    assert torch.allclose(out, ref, atol=1e-5)
+    with torch.no_grad(), wrapped.disable_adapter():
+        assert torch.allclose(wrapped(input_ids=ids).logits, dec.target_logits(ids), atol=0)
+    assert len(calls) == 1  # no CI when the edit is off
+
+
+def test_gates_from_precomputed_ci():
+    ids = ids_batch()
+    dec = tiny_decomposition(tiny_model())
+    ci = {p: torch.rand(*ids.shape, C, generator=torch.Generator().manual_seed(7)) for p in dec.module_paths}
+    gate = {p: v > 0.5 for p, v in ci.items()}
+    with torch.no_grad():
+        ref = dec.masked_logits(ids, scaled_masks(dec, ids, SCALES, gate), delta_masks={p: torch.ones(ids.shape) for p in dec.module_paths})
+    wrapped = apply_component_scale(tiny_model(), dec, KEYS, ComponentScaleConfig(ci_threshold=0.5))
+    wrapped.set_scales(SCALES)
     with torch.no_grad(), wrapped.gated(wrapped.gates_from_ci(ci)):
-        ours = wrapped(input_ids=ids).logits
-    assert torch.allclose(ours, ref, atol=1e-5)
-    # without a decomposition to compute CI, an ungated forward of a gated adapter says what is missing
-    with pytest.raises(ValueError, match="needs the decomposition"):
-        wrapped(input_ids=ids)
+        assert torch.allclose(wrapped(input_ids=ids).logits, ref, atol=1e-5)
     with pytest.raises(ValueError, match="cannot be merged"):
         wrapped.merge_and_unload()
+    # plain components carry no CI function: a gated adapter on them needs explicit gates
+    no_ci, _ = edited(config=ComponentScaleConfig(ci_threshold=0.5))
+    with pytest.raises(ValueError, match="needs the decomposition"):
+        no_ci(input_ids=ids)
 
 
 def test_disable_adapter_and_unload_restore_the_original():
@@ -236,14 +252,21 @@ def test_conv1d_layers_forward_merge_and_lora_export(tmp_path):
 
 def test_save_load_round_trip(tmp_path):
     ids = ids_batch()
-    wrapped, comps = edited()
+    model = tiny_model()
+    dec = tiny_decomposition(model)
+    dec.save(tmp_path / "dec")
+    wrapped = apply_component_scale(model, dec, KEYS, decomposition_dir=tmp_path / "dec")
+    wrapped.set_scales(SCALES)
     with torch.no_grad():
         adapter_logits = wrapped(input_ids=ids).logits
     wrapped.save_adapter(tmp_path / "ad")
     meta = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
     assert meta["keys"] == KEYS and meta["scales"] == SCALES and "s < 0 inverts" in meta["sign_convention"]
-    assert meta["target"]["weight_names"] == [f"{p}.weight" for p in DECOMPOSED]
-    loaded = load_adapter(tmp_path / "ad", tiny_model(), decomposition=comps)
+    assert meta["decomposition"]["path"] == str(tmp_path / "dec")
+    # the same fingerprint as the decomposition's own record of its target
+    assert meta["target"]["fingerprint"] == json.loads((tmp_path / "dec" / "decomposition.json").read_text())["target"]["fingerprint"]
+    fresh = tiny_model()
+    loaded = load_adapter(tmp_path / "ad", fresh, decomposition=Decomposition.load(tmp_path / "dec", fresh))
     assert loaded.scales() == SCALES
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, adapter_logits)
@@ -259,6 +282,8 @@ def test_load_refuses_another_model_and_another_decomposition(tmp_path):
     other = random_components(tiny_model(), seed=9)  # same module names and sizes, other subcomponents
     with pytest.raises(ValueError, match="not to the given one"):
         load_adapter(tmp_path / "ad", tiny_model(), decomposition=other)
+    with pytest.raises(ValueError, match="module 'h.0.mlp.c_fc' is not in the decomposition"):
+        load_adapter(tmp_path / "ad", tiny_model(), decomposition={"h.1.attn.v_proj": other["h.1.attn.v_proj"]})
     with pytest.raises(FileNotFoundError, match="not a .*ComponentScale adapter"):
         load_adapter(tmp_path, tiny_model())
 

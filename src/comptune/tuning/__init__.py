@@ -14,7 +14,6 @@ from .component_scale import (
     apply_component_scale,
     load_adapter,
     module_keys,
-    parse_key,
 )
 from .config import Selection, TuneConfig
 from .methods import TunableModel, build_method, linear_module_paths
@@ -24,7 +23,7 @@ from .train import NonFiniteLossError, TuneResult, forget_sequences, take_budget
 
 __all__ = [
     "SIGN_CONVENTION", "ComponentScaleConfig", "ComponentScaleLayer", "ComponentScaleModel", "Components",
-    "apply_component_scale", "load_adapter", "module_keys", "parse_key",
+    "apply_component_scale", "load_adapter", "module_keys",
     "Selection", "TuneConfig", "TunableModel", "build_method", "linear_module_paths",
     "LossTerms", "capped_forget_term", "next_token_ce", "retain_kl", "tuning_loss",
     "svd_components", "NonFiniteLossError", "TuneResult", "forget_sequences", "take_budget", "tune",

@@ -29,6 +29,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .._io import load_safetensors, save_safetensors_atomic, versions, write_json_atomic
 from ..config import StrictConfig
+from ..decomposition.components import parse_component_key
 from ..model.fingerprint import weights_fingerprint
 
 SIGN_CONVENTION = (
@@ -65,14 +66,6 @@ def source_components(source: ComponentSource, path: str) -> Components:
     return Components(V.detach(), U.detach())
 
 
-def parse_key(key: str) -> tuple[str, int]:
-    """`"h.3.attn.v_proj:513"` -> ("h.3.attn.v_proj", 513)."""
-    path, sep, idx = key.rpartition(":")
-    if not sep or not path or not idx.isdigit():
-        raise ValueError(f"component key {key!r} is not of the form '<module path>:<index>' (e.g. 'h.3.attn.v_proj:513')")
-    return path, int(idx)
-
-
 def validate_keys(source: ComponentSource, keys: list[str]) -> dict[str, list[int]]:
     """Group keys by module, checking each names a decomposed module and an index in 0..C−1."""
     if not keys:
@@ -84,7 +77,7 @@ def validate_keys(source: ComponentSource, keys: list[str]) -> dict[str, list[in
     by_module: dict[str, list[int]] = {}
     sizes: dict[str, int] = {}
     for key in keys:
-        path, idx = parse_key(key)
+        path, idx = parse_component_key(key)
         if path not in paths:
             raise ValueError(f"unknown component key {key!r}: module {path!r} is not in the decomposition; valid modules: {', '.join(paths)}")
         if path not in sizes:
@@ -444,11 +437,14 @@ def apply_component_scale(
     components: ComponentSource,
     keys: list[str],
     config: ComponentScaleConfig | None = None,
+    *,
+    decomposition_dir: str | Path | None = None,
 ) -> ComponentScaleModel:
     """Wrap `model` in place with a scalar s_c = 1 on each key's subcomponent; base weights frozen.
 
     `components` is a Decomposition, or a mapping path -> (V [d_in, C], U [C, d_out]) such as
-    `svd_components(...)`; keys are `<module path>:<index>`.
+    `svd_components(...)`; keys are `<module path>:<index>`. `decomposition_dir` (where the
+    decomposition was loaded from) is recorded in the saved adapter.
     """
     config = config or ComponentScaleConfig()
     by_module = validate_keys(components, keys)
@@ -456,7 +452,7 @@ def apply_component_scale(
     _check_source_matches_model(model, components, names)
     provenance = {
         "decomposition": {
-            "path": str(getattr(components, "path", "") or "") or None,
+            "path": str(decomposition_dir) if decomposition_dir is not None else None,
             "components_fingerprint": components_fingerprint(components, list(by_module)),
         },
         "target": {"fingerprint": weights_fingerprint(model, names), "weight_names": names},

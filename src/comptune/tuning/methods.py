@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
-from .component_scale import ComponentScaleConfig, apply_component_scale, module_keys, parse_key
+from ..decomposition.components import parse_component_key
+from .component_scale import ComponentScaleConfig, apply_component_scale, module_keys
 from .config import TuneConfig
 from .svd import svd_components
 
@@ -46,22 +47,25 @@ def linear_module_paths(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and m is not out_emb]
 
 
-def build_method(name: str, model: nn.Module, decomposition, selection, config: TuneConfig) -> TunableModel:
+def build_method(name: str, model: nn.Module, decomposition, selection, config: TuneConfig, *, decomposition_dir=None) -> TunableModel:
     """Wrap `model` (in place, base weights frozen) with the adapter of method `name`.
 
-    `selection` is a `Selection`; `decomposition` is needed for component_scale only.
+    `selection` is a `Selection`; `decomposition` is needed for component_scale only
+    (`decomposition_dir`, where it was loaded from, is recorded in the saved adapter).
     """
     if name == "component_scale":
         if decomposition is None:
             raise ValueError("component_scale needs a decomposition")
         keys = selection.keys or module_keys(decomposition, selection.modules)
-        return _scale_method(name, model, decomposition, keys, ComponentScaleConfig(ci_threshold=config.ci_threshold))
+        cs_config = ComponentScaleConfig(ci_threshold=config.ci_threshold)
+        wrapped = apply_component_scale(model, decomposition, keys, cs_config, decomposition_dir=decomposition_dir)
+        return _scale_tunable(name, wrapped)
     if name == "svd_scale":
-        paths = selection.modules or list(dict.fromkeys(parse_key(k)[0] for k in selection.keys))
+        paths = selection.modules or list(dict.fromkeys(parse_component_key(k)[0] for k in selection.keys))
         _check_linear_modules(model, paths)
         basis = svd_components(model, paths)
         keys = selection.keys or module_keys(basis, paths)
-        return _scale_method(name, model, basis, keys, ComponentScaleConfig())
+        return _scale_tunable(name, apply_component_scale(model, basis, keys))
     if name == "neuron_scale":
         return _neuron_scale(model, selection)
     if name in ("lora", "lora_local"):
@@ -84,8 +88,7 @@ def build_method(name: str, model: nn.Module, decomposition, selection, config: 
     raise ValueError(f"unknown method {name!r}; known: component_scale, svd_scale, neuron_scale, lora, lora_local")
 
 
-def _scale_method(name: str, model: nn.Module, source, keys: list[str], cs_config: ComponentScaleConfig) -> TunableModel:
-    wrapped = apply_component_scale(model, source, keys, cs_config)
+def _scale_tunable(name: str, wrapped) -> TunableModel:
     return TunableModel(name, wrapped, wrapped.scale_parameters(), wrapped.scales, wrapped.l1_penalty)
 
 
@@ -110,7 +113,7 @@ def _neuron_scale(model: nn.Module, selection) -> TunableModel:
     if selection.keys:
         units: dict[str, list[int]] = {}
         for key in selection.keys:
-            path, j = parse_key(key)
+            path, j = parse_component_key(key)
             units.setdefault(path, []).append(j)
     else:
         units = {path: None for path in selection.modules}  # None = every hidden unit

@@ -102,6 +102,7 @@ def tune(
     retain_stream: torch.Tensor,
     decomposition=None,
     *,
+    decomposition_dir=None,
     progress: bool = False,
 ) -> tuple[TunableModel, TuneResult]:
     """Build `config.method` on `model` (in place) and train it; returns the trained method and the result.
@@ -116,7 +117,7 @@ def tune(
 
     torch.manual_seed(config.seed)  # LoRA init
     gen = torch.Generator().manual_seed(config.seed)  # retain windows, forget minibatches
-    tunable = build_method(config.method, model, decomposition, config.selection, config)
+    tunable = build_method(config.method, model, decomposition, config.selection, config, decomposition_dir=decomposition_dir)
     device = tunable.parameters[0].device
     forget_ids, forget_labels = forget_ids.to(device), forget_labels.to(device)
     retain_stream = retain_stream.to(device)
