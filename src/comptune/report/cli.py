@@ -1,0 +1,22 @@
+"""`comptune report RESULTS_DIR`: figures, tables and summary.md from a finished sweep."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="plots (PNG/SVG), tables and summary.md from a sweep's results directory")
+    p.add_argument("results_dir", type=Path, help="the --out directory of `comptune sweep` / `comptune demo`")
+    p.add_argument("--out", type=Path, help="where to write the report (default: RESULTS_DIR/report)")
+    p.add_argument("--no-rollouts", action="store_true", help="skip the base-vs-edited continuations (no model needed)")
+    p.set_defaults(func=_report)
+
+
+def _report(args) -> int:
+    from .summary import make_report
+
+    path = make_report(args.results_dir, args.out, rollouts=not args.no_rollouts)
+    print(f"summary: {path}")
+    return 0

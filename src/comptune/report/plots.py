@@ -1,0 +1,123 @@
+"""The study's figures, drawn from result rows with matplotlib (Agg; no display needed).
+
+Every figure is saved as PNG and SVG, each written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .._io import atomic_path  # noqa: E402
+
+MARKERS = "osD^vP*Xh<>"
+
+
+def method_colors(methods: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def save_figure(fig, stem: Path) -> list[Path]:
+    """`stem`.png and `stem`.svg, written atomically; closes the figure."""
+    paths = []
+    for fmt in ("png", "svg"):
+        path = stem.with_suffix(f".{fmt}")
+        with atomic_path(path) as tmp:
+            # no timestamp in the SVG, so re-running the report on the same results gives the same file
+            fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int], *, chance_gap: float, max_damage: float, forget_label: str, retain_label: str, stem: Path) -> list[Path]:
+    """One panel per budget: x = forget CE increase, y = retain CE increase, one point per run;
+    dotted vertical line = forget set at chance (x = ln|V| − base CE), dashed = the damage bound."""
+    colors = method_colors(methods)
+    ncols = min(len(budgets), 3)
+    nrows = -(-len(budgets) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharex=True, sharey=True)
+    for ax, budget in zip(axes.flat, budgets):
+        for j, m in enumerate(methods):
+            pts = [(r["score"]["forget_increase"], r["score"]["retain_damage"]) for r in rows if r["method"] == m and r["budget"] == budget]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.scatter(xs, ys, s=22, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.8, label=m, edgecolors="none")
+        ax.axvline(chance_gap, color="k", ls=":", lw=1)
+        ax.axhline(max_damage, color="grey", ls="--", lw=0.8)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_title(f"budget {budget} forget tokens", fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(budgets):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(f"{forget_label} CE increase (nats)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{retain_label} CE increase (nats)")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat[1 : len(budgets)]:  # a method may be missing from the first panel
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), bbox_to_anchor=(0.5, 1.0 + 0.04 / nrows), frameon=False)
+    fig.suptitle(f"dotted: {forget_label} at chance; dashed: {max_damage:g} nats damage", y=-0.01, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+def plot_off_target(rows: list[dict], methods: list[str], datasets: list[str], *, budget: int, stem: Path) -> list[Path]:
+    """CE increase per dataset (x) per method (offset), one point per seed, at one budget."""
+    colors = method_colors(methods)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(datasets) + 2), 3.8))
+    width = 0.8 / max(len(methods), 1)
+    for j, m in enumerate(methods):
+        mrows = [r for r in rows if r["method"] == m and r["budget"] == budget]
+        for i, d in enumerate(datasets):
+            ys = [r["increase"][d] for r in mrows if d in r["increase"]]
+            xs = [i - 0.4 + width * (j + 0.5)] * len(ys)
+            ax.scatter(xs, ys, s=18, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.8, label=m if i == 0 else None, edgecolors="none")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right")
+    ax.set_ylabel("CE increase over base (nats)")
+    ax.set_title(f"off-target CE increase at budget {budget}, one point per seed", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(len(methods), 4), frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+def plot_scalars(rows: list[dict], methods: list[str], budgets: list[int], *, stem: Path) -> list[Path]:
+    """Learned scalar values per budget (one point per scalar per run): s < 0 inverts, s > 1 amplifies."""
+    colors = method_colors(methods)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(budgets) + 2), 3.8))
+    width = 0.8 / max(len(methods), 1)
+    for j, m in enumerate(methods):
+        first = True
+        for i, b in enumerate(budgets):
+            ys = [s for r in rows if r["method"] == m and r["budget"] == b for s in r["final_scalars"].values()]
+            xs = [i - 0.4 + width * (j + 0.5)] * len(ys)
+            ax.scatter(xs, ys, s=14, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.7, label=m if first else None, edgecolors="none")
+            first = False
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.axhspan(ax.get_ylim()[0], 0, color="tab:blue", alpha=0.06, lw=0)
+    ax.axhspan(1, ax.get_ylim()[1], color="tab:red", alpha=0.06, lw=0)
+    ax.axhline(0, color="tab:blue", lw=0.8, ls=":")
+    ax.axhline(1, color="grey", lw=0.8, ls="--")
+    ax.text(1.01, 0.02, "inverting (s < 0)", transform=ax.transAxes, fontsize=8, color="tab:blue", va="bottom")
+    ax.text(1.01, 0.98, "amplifying (s > 1)", transform=ax.transAxes, fontsize=8, color="tab:red", va="top")
+    ax.set_xticks(range(len(budgets)), [str(b) for b in budgets])
+    ax.set_xlabel("budget (forget tokens)")
+    ax.set_ylabel("learned scalar s (1 = unchanged)")
+    ax.set_title("learned scalars of the chosen runs", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return save_figure(fig, stem)

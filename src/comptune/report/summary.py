@@ -1,0 +1,263 @@
+"""`make_report`: the study's figures, tables and a markdown summary from a sweep's out directory.
+
+Only the chosen runs (the (lr, alpha) picked per method, budget and lambda on validation data)
+enter figures and tables, as in the write-up. Tables:
+- minimum budget: the smallest budget at which a method reaches the forget set at chance with
+  damage below the bound, for at least half of its seeds (at some lambda);
+- off-target: CE increase per evaluation set at the largest budget (mean and range over seeds);
+- learned scalars of scalar methods: how many runs invert (s < 0) or amplify (s > 1);
+- rollouts: greedy continuations, base vs each method's chosen edit at the largest budget, made
+  by re-loading the saved edit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .._io import read_jsonl, versions, write_json_atomic, write_text_atomic
+from ..evaluation.rollouts import rollouts_markdown
+from ..study.config import SweepConfig
+from .plots import plot_off_target, plot_scalars, plot_tradeoff
+
+SCALAR_PLOT_MAX_KEYS = 32  # methods with more scalars per run (the L1-over-modules variant) are summarised, not plotted
+
+
+@dataclass
+class SweepResults:
+    directory: Path
+    config: SweepConfig
+    rows: list[dict]  # every run, each with `chosen`
+    chosen: dict
+    base: dict
+    selection: dict
+
+    @property
+    def chosen_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["chosen"] and r["status"] == "ok"]
+
+    @property
+    def methods(self) -> list[str]:
+        return [m.name for m in self.config.methods]
+
+
+def load_results(results_dir: str | Path) -> SweepResults:
+    d = Path(results_dir)
+    if not (d / "sweep_config.yaml").is_file():
+        raise FileNotFoundError(f"{d} is not a sweep directory (no sweep_config.yaml); run `comptune sweep CONFIG --out {d}` first")
+    if not (d / "results.jsonl").is_file():
+        raise FileNotFoundError(f"the sweep in {d} has not finished (no results.jsonl); re-run the same `comptune sweep` to complete it")
+    config = SweepConfig.model_validate(yaml.safe_load((d / "sweep_config.yaml").read_text()))
+    rows = read_jsonl(d / "results.jsonl")
+    if not rows:
+        raise ValueError(f"{d / 'results.jsonl'} holds no runs")
+    return SweepResults(
+        d, config, rows,
+        json.loads((d / "chosen.json").read_text()),
+        json.loads((d / "base_ce.json").read_text()),
+        json.loads((d / "selection.json").read_text()),
+    )
+
+
+def min_budget_table(rows: list[dict], methods: list[str], budgets: list[int]) -> list[dict]:
+    """Per method: the smallest budget at which ≥ half the seeds of some lambda succeed
+    (`score.success`: forget set at chance and damage below the bound), with per-budget counts
+    (for the lambda with the best success rate)."""
+    out = []
+    for m in methods:
+        per_budget = []
+        reached = None
+        for b in budgets:
+            by_lambda: dict[float, list[bool]] = {}
+            for r in rows:
+                if r["method"] == m and r["budget"] == b and r["status"] == "ok":
+                    by_lambda.setdefault(r["lambda_retain"], []).append(bool(r["score"]["success"]))
+            if not by_lambda:
+                continue
+            lam, ok = max(by_lambda.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
+            per_budget.append({"budget": b, "succeeded": sum(ok), "runs": len(ok), "lambda_retain": lam})
+            if reached is None and 2 * sum(ok) >= len(ok):
+                reached = b
+        out.append({"method": m, "min_budget": reached, "per_budget": per_budget})
+    return out
+
+
+def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, rollouts: bool = True, log=print) -> Path:
+    """Figures (PNG + SVG), tables and `summary.md` for the sweep in `results_dir`; returns summary.md."""
+    res = load_results(results_dir)
+    out = Path(out_dir) if out_dir is not None else res.directory / "report"
+    cfg, s = res.config, res.config.scoring
+    rows = res.chosen_rows
+    if not rows:
+        raise ValueError(f"no chosen run finished in {res.directory}: every setting diverged (see runs' `error`)")
+    chance = res.base["chance"]
+    chance_gap = chance - res.base["ce"][s.forget_eval]
+    budgets = sorted({r["budget"] for r in rows})
+    largest = budgets[-1]
+    methods = [m for m in res.methods if any(r["method"] == m for r in rows)]
+
+    figures = {
+        "tradeoff": plot_tradeoff(rows, methods, budgets, chance_gap=chance_gap, max_damage=s.max_damage,
+                                  forget_label=s.forget_eval, retain_label=s.retain_eval, stem=out / "tradeoff"),
+        "off_target": plot_off_target(rows, methods, cfg.eval_datasets, budget=largest, stem=out / "off_target"),
+    }
+    scalar_methods = [m for m in methods if _is_plottable_scalar(cfg, rows, m)]
+    if scalar_methods:
+        figures["scalars"] = plot_scalars(rows, scalar_methods, budgets, stem=out / "scalars")
+    log(f"report: figures {', '.join(figures)} → {out}")
+
+    table = min_budget_table(rows, methods, budgets)
+    rollout_rows = _rollouts(res, out, log) if rollouts else None
+    md = _summary_markdown(res, rows, table, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets)
+    path = out / "summary.md"
+    write_text_atomic(path, md)
+    write_json_atomic(out / "min_budget.json", {"rule": min_budget_table.__doc__.strip(), "table": table, "versions": versions()})
+    log(f"report: {path}")
+    return path
+
+
+def _is_plottable_scalar(cfg: SweepConfig, rows: list[dict], method: str) -> bool:
+    sizes = [len(r["final_scalars"]) for r in rows if r["method"] == method]
+    return bool(sizes) and 0 < max(sizes) <= SCALAR_PLOT_MAX_KEYS
+
+
+# --------------------------------------------------------------------------- rollouts
+def rollout_picks(res: SweepResults) -> dict[str, dict]:
+    """Per method, the chosen run at its largest budget, first lambda, smallest seed, that saved an edit."""
+    picks = {}
+    for m in res.methods:
+        cands = [r for r in res.chosen_rows if r["method"] == m and r.get("edit") and (res.directory / r["edit"]).is_dir()]
+        if cands:
+            lam_order = {lam: i for i, lam in enumerate(res.config.lambda_retain)}
+            picks[m] = min(cands, key=lambda r: (-r["budget"], lam_order.get(r["lambda_retain"], 0), r["seed"]))
+    return picks
+
+
+def _rollouts(res: SweepResults, out: Path, log) -> list[dict] | None:
+    """Greedy continuations of the config's prompts by the base model and each picked edit."""
+    from ..evaluation.rollouts import rollouts
+    from ..model.loading import load_model_and_tokenizer
+    from ..study.sweep import load_edit
+
+    picks = rollout_picks(res)
+    if not picks:
+        return None
+    base, tokenizer = load_model_and_tokenizer(res.config.model_dir())
+    decomposition = None
+    if any(r["kind"] == "component_scale" and r["tune_config"].get("ci_threshold") is not None for r in picks.values()):
+        from ..decomposition import Decomposition
+
+        decomposition = Decomposition.load(res.config.decomposition_dir(), copy.deepcopy(base))
+    models = {"base": base}
+    for m, r in picks.items():
+        models[m] = load_edit(res.directory / r["edit"], copy.deepcopy(base), decomposition if r["kind"] == "component_scale" else None)
+    ro = res.config.rollout
+    log(f"report: rollouts of {len(models)} models on {len(ro.prompts)} prompts")
+    rows = rollouts(models, tokenizer, list(ro.prompts.values()), max_new_tokens=ro.max_new_tokens)
+    for lang, row in zip(ro.prompts, rows):
+        row["lang"] = lang
+    write_json_atomic(out / "rollouts.json", {
+        "picked_runs": {m: {k: r[k] for k in ("run_id", "budget", "seed", "lambda_retain", "lr", "lora_alpha", "edit")} for m, r in picks.items()},
+        "max_new_tokens": ro.max_new_tokens, "decoding": "greedy", "rollouts": rows, "versions": versions(),
+    })
+    return rows
+
+
+# --------------------------------------------------------------------------- markdown
+def _summary_markdown(res, rows, table, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets) -> str:
+    cfg, s = res.config, res.config.scoring
+    largest = budgets[-1]
+    L = [f"# Unlearning study `{cfg.name}`", ""]
+    L += [
+        f"Generated by `comptune report {res.directory}` from {len(res.rows)} runs ({len(rows)} with the chosen learning rate).",
+        "",
+        f"- model: `{cfg.model}` (weights fingerprint `{res.base['model_fingerprint']}`), decomposition: `{cfg.decomposition}`",
+        f"- forget text `{cfg.forget}`, retain text `{cfg.retain}`; budgets {cfg.budgets}; seeds {cfg.seeds}; λ {cfg.lambda_retain}",
+        f"- chance ln|V| = {chance:.3f} nats (|V| = {res.base['vocab_size']}); base CE on `{s.forget_eval}` "
+        f"{res.base['ce'][s.forget_eval]:.3f}, so \"at chance\" is an increase of {chance_gap:.3f} (within {s.chance_tolerance:g} nats)",
+        f"- success = `{s.forget_eval}` at chance and `{s.retain_eval}` CE increase < {s.max_damage:g} nats",
+        f"- learning rate (and LoRA alpha) chosen on `{s.forget_valid}` / `{s.retain_valid}`: {res.chosen['rule']}",
+        "",
+        "## Methods",
+        "",
+        "| method | kind | selection | lr grid | alpha grid |",
+        "|---|---|---|---|---|",
+    ]
+    sel = res.selection["methods"]
+    for m in cfg.methods:
+        info = sel.get(m.name, {})
+        chosen_sel = info.get("selection") or {}
+        keys = chosen_sel.get("keys") or chosen_sel.get("modules") or []
+        shown = ", ".join(f"`{k}`" for k in keys[:4]) + (f" … ({len(keys)})" if len(keys) > 4 else "")
+        kind = m.method + (f" r{m.lora_rank}" if m.method == "lora" else "")
+        alphas = ", ".join(f"{a:g}" for a in m.alphas) if m.method in ("lora", "lora_local") else "–"
+        L.append(f"| {m.name} | {kind} | {info.get('criterion', '')}{': ' + shown if shown else ''} | {', '.join(f'{x:g}' for x in m.lrs)} | {alphas} |")
+
+    L += ["", f"## Minimum budget for `{s.forget_eval}` at chance with < {s.max_damage:g} nats `{s.retain_eval}` damage", "",
+          "At least half the seeds must succeed (at some λ). Counts: succeeded / runs per budget.", "",
+          "| method | minimum budget | " + " | ".join(str(b) for b in budgets) + " |", "|---|---|" + "---|" * len(budgets)]
+    for t in table:
+        counts = {c["budget"]: f"{c['succeeded']}/{c['runs']}" for c in t["per_budget"]}
+        cells = [counts.get(b, "–") for b in budgets]
+        L.append(f"| {t['method']} | {t['min_budget'] if t['min_budget'] is not None else 'not reached'} | " + " | ".join(cells) + " |")
+
+    L += ["", "## Chosen learning rates", "", "`*` = no setting kept validation damage under the bound (least damaging taken).", "",
+          "| budget | " + " | ".join(res.methods) + " |", "|---|" + "---|" * len(res.methods)]
+    choice = {(c["method"], c["budget"]): c for c in res.chosen["groups"] if c["lambda_retain"] == cfg.lambda_retain[0]}
+    for b in budgets:
+        cells = []
+        for m in res.methods:
+            c = choice.get((m, b))
+            if c is None or c["lr"] is None:
+                cells.append("–")
+            else:
+                cells.append(f"{c['lr']:g}" + (f" / {c['lora_alpha']:g}" if c["lora_alpha"] is not None else "") + ("" if c["feasible"] else " *"))
+        L.append(f"| {b} | " + " | ".join(cells) + " |")
+    if len(cfg.lambda_retain) > 1:
+        L.append(f"\n(for λ = {cfg.lambda_retain[0]:g}; every λ's choice is in `chosen.json`)")
+
+    L += ["", "## Forget vs retain per budget", "", f"![tradeoff](tradeoff.png)", "",
+          f"x: `{s.forget_eval}` CE increase, y: `{s.retain_eval}` CE increase (symlog), one point per chosen run; "
+          "dotted: at chance; dashed: the damage bound. ([SVG](tradeoff.svg))"]
+
+    L += ["", f"## Off-target CE increase at budget {largest}", "", "![off-target](off_target.png)", "",
+          "Mean (min … max) over seeds, nats.", "", "| method | " + " | ".join(f"`{d}`" for d in cfg.eval_datasets) + " |",
+          "|---|" + "---|" * len(cfg.eval_datasets)]
+    for m in res.methods:
+        mrows = [r for r in rows if r["method"] == m and r["budget"] == largest]
+        if not mrows:
+            continue
+        cells = []
+        for d in cfg.eval_datasets:
+            v = [r["increase"][d] for r in mrows]
+            cells.append(f"{sum(v) / len(v):+.3f} ({min(v):+.2f} … {max(v):+.2f})")
+        L.append(f"| {m} | " + " | ".join(cells) + " |")
+    L += ["", "Base model CE (nats/token): " + ", ".join(f"`{d}` {res.base['ce'][d]:.3f}" for d in cfg.eval_datasets)]
+
+    if scalar_methods:
+        L += ["", "## Learned scalars", "", "![scalars](scalars.png)", "",
+              "Per chosen run, the scalars of each method: inverting (s < 0) / suppressing (0 ≤ s < 1) / amplifying (s > 1).", "",
+              "| method | budget | runs | inverting | suppressing | amplifying | median s |", "|---|---|---|---|---|---|---|"]
+        for m in scalar_methods:
+            for b in budgets:
+                vals = sorted(v for r in rows if r["method"] == m and r["budget"] == b for v in r["final_scalars"].values())
+                if not vals:
+                    continue
+                n_runs = sum(1 for r in rows if r["method"] == m and r["budget"] == b)
+                inv = sum(v < 0 for v in vals)
+                amp = sum(v > 1 for v in vals)
+                L.append(f"| {m} | {b} | {n_runs} | {inv} | {len(vals) - inv - amp} | {amp} | {vals[len(vals) // 2]:+.3g} |")
+
+    if rollout_rows:
+        L += ["", f"## Rollouts (greedy, {cfg.rollout.max_new_tokens} new tokens)", "",
+              "Base model vs each method's chosen run at its largest budget (first λ, smallest seed), re-loaded from its saved edit.", "",
+              rollouts_markdown(rollout_rows), ""]
+
+    L += ["", "## Config", "", "```yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(), "```", "",
+          "## Versions", "", "| package | version |", "|---|---|"]
+    L += [f"| {k} | {v} |" for k, v in res.base["versions"].items()]
+    return "\n".join(L) + "\n"

@@ -1,0 +1,155 @@
+"""Resolve each method's `SelectSpec` into an explicit `Selection`, once per sweep.
+
+Component basis: the inspection's causal-importance rankings (German − English difference, or
+German − max over the other languages). Neuron and SVD bases have no causal importance; they are
+ranked by the same criteria on mean write magnitude |v_iᵀ x|·‖u_i‖ (for a neuron: |h_j|·‖W[:, j]‖),
+i.e. how much the unit writes on each dataset.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+import torch.nn as nn
+
+from ..tuning import Components, Selection, linear_module_paths, svd_components
+from ..decomposition.components import parse_component_key
+from ..tuning.component_scale import _layer_kind, validate_keys
+from .config import MethodSpec, SweepConfig
+
+# MLP output projections, whose inputs are the hidden units (ComptuneLM/Llama, GPT-2)
+NEURON_MODULE_PATTERNS = ("*mlp.down_proj", "*mlp.c_proj")
+
+
+def neuron_components(model: nn.Module, paths: list[str]) -> dict[str, Components]:
+    """The neuron basis of MLP output projections: unit j reads hidden unit h_j (V = I) and writes
+    column j of W (U = Wᵀ), so scaling unit j is exactly neuron-scale's (IA3's) edit."""
+    out = {}
+    for path in paths:
+        layer = model.get_submodule(path)
+        W = layer.weight.detach()
+        W = W if _layer_kind(layer) == "linear" else W.T  # [d_out, d_hidden]
+        out[path] = Components(V=torch.eye(W.shape[1], dtype=W.dtype), U=W.T.contiguous())
+    return out
+
+
+def default_neuron_modules(model: nn.Module) -> list[str]:
+    paths = [p for p in linear_module_paths(model) if any(fnmatch.fnmatch(p, pat) for pat in NEURON_MODULE_PATTERNS)]
+    if not paths:
+        raise ValueError(f"found no MLP output projection ({', '.join(NEURON_MODULE_PATTERNS)}) for neuron-scale; give select.modules")
+    return paths
+
+
+@torch.no_grad()
+def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: dict[str, torch.Tensor], batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Mean |v_iᵀ x|·‖u_i‖ per dataset and basis unit: {path: [n_datasets, r]} (rows in `datasets` order)."""
+    sums = {p: torch.zeros(len(datasets), comp.V.shape[1], dtype=torch.float64) for p, comp in basis.items()}
+    row = 0
+    hooks = []
+    for path, comp in basis.items():
+        def hook(mod, args, path=path, V=comp.V, u_norm=comp.U.norm(dim=1)):
+            a = args[0] @ V.to(args[0].dtype)  # [B, T, r] inner activations
+            sums[path][row] += (a.abs() * u_norm).flatten(0, 1).double().sum(0)
+
+        hooks.append(model.get_submodule(path).register_forward_pre_hook(hook))
+    try:
+        for row, blocks in enumerate(datasets.values()):
+            for start in range(0, len(blocks), batch_size):
+                model(input_ids=blocks[start : start + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+    n = torch.tensor([b.numel() for b in datasets.values()], dtype=torch.float64)[:, None]
+    return {p: (s / n).float() for p, s in sums.items()}
+
+
+def rank_scores(scores: dict[str, torch.Tensor], datasets: list[str], rank: str, target: str, reference: str, protected: list[str]) -> list[tuple[str, float]]:
+    """Rank units of `scores` ({path: [n_datasets, r]}) by target − reference or target − max(protected), best first."""
+    t = datasets.index(target)
+    flat = []
+    for path, m in scores.items():
+        if rank == "difference":
+            diff = m[t] - m[datasets.index(reference)]
+        else:
+            diff = m[t] - m[[datasets.index(d) for d in protected]].max(0).values
+        flat += [(f"{path}:{i}", float(v)) for i, v in enumerate(diff.tolist())]
+    flat.sort(key=lambda kv: kv[1], reverse=True)
+    return flat
+
+
+def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decomposition, log=print) -> dict[str, dict]:
+    """{method name: {"selection": Selection dump, "ranking": [[key, score], ...] | None, "criterion": str}}.
+
+    Statistics are computed once per basis and only if some method ranks in it."""
+    from ..corpus.datasets import dataset_blocks
+
+    sd = config.selection_data
+    names = list(dict.fromkeys([sd.target, sd.reference, *sd.protected]))
+    blocks: dict[str, torch.Tensor] | None = None
+    component_stats = None
+    resolved: dict[str, dict] = {}
+    for spec in config.methods:
+        if spec.select is None:
+            resolved[spec.name] = {"selection": None, "ranking": None, "criterion": "every linear weight except (un)embedding"}
+            continue
+        sel = spec.select
+        if sel.keys:
+            _check_keys(spec, sel.keys, model, decomposition)
+            resolved[spec.name] = {"selection": Selection(keys=sel.keys).model_dump(), "ranking": None, "criterion": "explicit keys"}
+            continue
+        modules = sel.modules or (_modules_of(resolved[sel.modules_of]) if sel.modules_of else [])
+        if sel.rank is None:
+            resolved[spec.name] = {"selection": Selection(modules=modules).model_dump(), "ranking": None, "criterion": f"all of {modules}"}
+            continue
+        if blocks is None:
+            blocks = {n: dataset_blocks(n, tokenizer, sd.block_len, sd.max_blocks) for n in names}
+        if spec.method == "component_scale":
+            from ..inspection import component_stats as stats_fn, rank_by_difference, rank_by_specificity
+
+            if component_stats is None:
+                log(f"selection: causal-importance statistics on {', '.join(names)} ({sd.max_blocks} blocks of {sd.block_len} tokens each)")
+                component_stats = stats_fn(decomposition, blocks)
+            within = modules or None
+            if sel.rank == "difference":
+                ranking = rank_by_difference(component_stats, sd.target, sd.reference, modules=within)
+            else:
+                ranking = rank_by_specificity(component_stats, sd.target, sd.protected, modules=within)
+            measure = "mean CI"
+        else:
+            if spec.method == "neuron_scale":
+                paths = modules or default_neuron_modules(model)
+                basis = neuron_components(model, paths)
+            else:  # svd_scale
+                paths = modules or linear_module_paths(model)
+                basis = svd_components(model, paths)
+            ranking = rank_scores(write_magnitudes(model, basis, blocks), names, sel.rank, sd.target, sd.reference, sd.protected)
+            measure = "mean write magnitude"
+        criterion = (
+            f"{measure} on {sd.target} − {sd.reference}" if sel.rank == "difference"
+            else f"{measure} on {sd.target} − max({', '.join(sd.protected)})"
+        )
+        keys = [k for k, _ in ranking[: sel.top]]
+        if len(keys) < sel.top:
+            raise ValueError(f"method {spec.name!r}: asked for the top {sel.top} but the candidate modules hold only {len(keys)} units")
+        shown = [[k, round(v, 6)] for k, v in ranking[: max(sd.show_top, sel.top)]]
+        resolved[spec.name] = {"selection": Selection(keys=keys).model_dump(), "ranking": shown, "criterion": criterion}
+        log(f"selection {spec.name} ({spec.method}): top {sel.top} by {criterion}")
+        for i, (k, v) in enumerate(shown):
+            log(f"  {i + 1:3d} {k:28s} {v:+.4f}{'  *' if i < sel.top else ''}")
+    return resolved
+
+
+def _modules_of(resolved: dict) -> list[str]:
+    sel = resolved["selection"]
+    if sel is None:
+        raise ValueError("select.modules_of must name a method with a selection (not global LoRA)")
+    return sel["modules"] or list(dict.fromkeys(parse_component_key(k)[0] for k in sel["keys"]))
+
+
+def _check_keys(spec: MethodSpec, keys: list[str], model: nn.Module, decomposition) -> None:
+    """Fail before any run on a key that names no unit (the tuning code checks again per run)."""
+    if spec.method == "component_scale":
+        validate_keys(decomposition, keys)
+    elif spec.method == "svd_scale":
+        validate_keys(svd_components(model, list(dict.fromkeys(parse_component_key(k)[0] for k in keys))), keys)

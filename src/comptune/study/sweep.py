@@ -1,0 +1,468 @@
+"""The unlearning sweep: methods × budgets × seeds × lambda × lr (× LoRA alpha), resumable.
+
+Out directory layout:
+
+    sweep_config.yaml   the config (a re-run with a different config in the same dir is refused)
+    selection.json      each method's resolved selection and the rankings it came from
+    base_ce.json        the base model's CE on every evaluation/validation set (computed once)
+    runs.jsonl          one row per finished run, appended as one complete line (resume log)
+    edits/<run_id>/     the saved edit of every chosen run (ComponentScale adapter or peft adapter)
+    chosen.json         the (lr, alpha) chosen per (method, budget, lambda) on validation data
+    results.jsonl       the final rows, each with `chosen`, written when the sweep is complete
+
+Resuming: a run's id is a hash of its full TuneConfig and method name; runs whose row is already
+in runs.jsonl are skipped, a trailing partial line (killed writer) is cut off before appending.
+
+Learning-rate choice (per method, budget and lambda; never on the evaluation sets): for every
+(lr, alpha) average over seeds the *validation* forget gain min(CE, ln|V|) − CE_base on
+`scoring.forget_valid` and the validation damage on `scoring.retain_valid`. Among settings whose
+mean damage is below `scoring.max_damage`, keep those within `tie_tolerance` of the best forget
+gain and take the least damaging (then the smaller lr). If no setting stays under the damage
+bound, take the least damaging one (`feasible: false` in chosen.json).
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import yaml
+
+from .._io import append_jsonl, read_jsonl, versions, write_json_atomic, write_text_atomic
+from ..tuning import NonFiniteLossError, Selection, TuneConfig, take_budget, tune
+from .config import LORA_METHODS, SweepConfig
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class StudyInputs:
+    """Everything a sweep reads, loaded and checked before any file is written."""
+
+    model: nn.Module  # the pristine base model; every run edits a deep copy
+    tokenizer: object
+    decomposition: object | None
+    forget_stream: torch.Tensor  # [N] token ids
+    retain_stream: torch.Tensor  # [M] token ids
+    eval_blocks: dict[str, torch.Tensor]  # name -> [n, block_len]; evaluation then validation sets
+    vocab_size: int
+
+    @property
+    def chance(self) -> float:
+        return math.log(self.vocab_size)
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    method: str  # MethodSpec.name
+    tune_config: TuneConfig
+
+    @property
+    def group(self) -> tuple[str, int, float]:
+        c = self.tune_config
+        return (self.method, c.budget, c.lambda_retain)
+
+
+def load_inputs(config: SweepConfig) -> StudyInputs:
+    """Load model, tokenizer, decomposition and token data; raise on anything the sweep cannot run with."""
+    from ..corpus.datasets import dataset_blocks, dataset_texts
+    from ..corpus.loading import token_stream
+    from ..model.loading import load_model_and_tokenizer
+
+    model_dir = config.model_dir()
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist (config `model`: {config.model})")
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    decomposition = None
+    if (ddir := config.decomposition_dir()) is not None:
+        from ..decomposition import Decomposition
+
+        if not ddir.is_dir():
+            raise FileNotFoundError(f"decomposition directory {ddir} does not exist (config `decomposition`: {config.decomposition})")
+        # the decomposition hooks its own copy of the target, so the base model every run copies stays hook-free
+        decomposition = Decomposition.load(ddir, copy.deepcopy(model))
+
+    n_ctx = getattr(model.config, "n_ctx", None) or getattr(model.config, "max_position_embeddings", None)
+    for what, length in (("train.seq_len", config.train.seq_len), ("eval.block_len", config.eval.block_len), ("selection_data.block_len", config.selection_data.block_len)):
+        if n_ctx is not None and length > n_ctx:
+            raise ValueError(f"{what}={length} exceeds the model's context of {n_ctx} tokens; lower it")
+
+    forget_stream = token_stream(tokenizer, dataset_texts(config.forget))
+    retain_stream = token_stream(tokenizer, dataset_texts(config.retain))
+    if retain_stream.numel() < 2:
+        raise ValueError(f"the retain set {config.retain!r} is empty ({retain_stream.numel()} tokens): the KL term needs retain text to protect")
+    for budget in config.budgets:  # the largest seed needs the most disjoint blocks
+        take_budget(forget_stream, budget, max(config.seeds))
+
+    s, e = config.scoring, config.eval
+    eval_blocks = {}
+    for name in [*config.eval_datasets, s.forget_valid, s.retain_valid]:
+        blocks = dataset_blocks(name, tokenizer, e.block_len, e.max_blocks)
+        if blocks.numel() == 0:
+            raise ValueError(f"dataset {name!r} has no block of {e.block_len} tokens to evaluate; lower eval.block_len")
+        eval_blocks[name] = blocks
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    return StudyInputs(model, tokenizer, decomposition, forget_stream, retain_stream, eval_blocks, vocab_size)
+
+
+def plan_runs(config: SweepConfig, selections: dict[str, dict]) -> list[RunSpec]:
+    """Every run of the sweep, grouped: budget, then method, then lambda; inside a group seed, lr, alpha."""
+    runs = []
+    for budget in config.budgets:
+        for spec in config.methods:
+            sel = selections[spec.name]["selection"]
+            for lam in config.lambda_retain:
+                for seed in config.seeds:
+                    for lr in spec.lrs:
+                        for alpha in spec.alphas if spec.method in LORA_METHODS else [None]:
+                            cfg = TuneConfig(
+                                method=spec.method,
+                                selection=Selection(**sel) if sel else Selection(),
+                                budget=budget, seed=seed, lr=lr,
+                                lora_rank=spec.lora_rank,
+                                lora_alpha=alpha if alpha is not None else TuneConfig.model_fields["lora_alpha"].default,
+                                lambda_retain=lam, l1=spec.l1, ci_threshold=spec.ci_threshold,
+                                **config.train.model_dump(),
+                            )
+                            runs.append(RunSpec(run_id(spec.name, cfg), spec.name, cfg))
+    return runs
+
+
+def run_id(method: str, cfg: TuneConfig) -> str:
+    """Deterministic id of a run: same method name and TuneConfig → same id, across processes."""
+    blob = json.dumps({"method": method, "tune": cfg.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- the sweep
+def run_sweep(
+    config: SweepConfig,
+    out_dir: str | Path,
+    *,
+    inputs: StudyInputs | None = None,
+    on_run_done: Callable[[dict], None] | None = None,
+    log: Log = print,
+) -> Path:
+    """Run (or resume) the sweep into `out_dir`; returns the path of results.jsonl.
+
+    `on_run_done(row)` is called after each new row is written (progress hooks, tests)."""
+    out_dir = Path(out_dir)
+    _check_out_dir(config, out_dir)
+    inputs = inputs or load_inputs(config)  # raises on bad input before anything is written
+    with _exclusive(out_dir):
+        saved = out_dir / "sweep_config.yaml"
+        if not saved.exists():
+            write_text_atomic(saved, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        base = _base_ce(config, inputs, out_dir, log)
+        selections = _selections(config, inputs, out_dir, log)
+        runs = plan_runs(config, selections)
+        runs_path = out_dir / "runs.jsonl"
+        _cut_partial_line(runs_path)
+        done = {r["run_id"] for r in read_jsonl(runs_path)}
+        todo = [r for r in runs if r.run_id not in done]
+        log(f"sweep {config.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run → {out_dir}")
+        groups: dict[tuple, list[str]] = defaultdict(list)
+        for r in runs:
+            groups[r.group].append(r.run_id)
+        t0 = time.perf_counter()
+        for i, spec in enumerate(todo):
+            row = _run_one(config, spec, inputs, base, out_dir)
+            append_jsonl(runs_path, row)
+            done.add(spec.run_id)
+            elapsed = time.perf_counter() - t0
+            log(f"[{len(done)}/{len(runs)}] {_describe(row, config)}  (eta {elapsed / (i + 1) * (len(todo) - i - 1) / 60:.1f} min)")
+            if all(rid in done for rid in groups[spec.group]):
+                _prune_edits(config, read_jsonl(runs_path), out_dir, [spec.group])
+            if on_run_done is not None:
+                on_run_done(row)
+        return finalize(config, out_dir)
+
+
+def finalize(config: SweepConfig, out_dir: Path) -> Path:
+    """Choose (lr, alpha) per group on validation data; write chosen.json and results.jsonl; keep
+    only the chosen runs' edits."""
+    rows = _unique(read_jsonl(out_dir / "runs.jsonl"))
+    choices = choose_settings(rows, config.scoring)
+    chosen_ids = {rid for c in choices for rid in c["run_ids"]}
+    write_json_atomic(out_dir / "chosen.json", {"rule": _CHOICE_RULE, "scoring": config.scoring.model_dump(), "groups": choices, "versions": versions()})
+    lines = "".join(json.dumps({**r, "chosen": r["run_id"] in chosen_ids}) + "\n" for r in rows)
+    write_text_atomic(out_dir / "results.jsonl", lines)
+    _prune_edits(config, rows, out_dir, None)
+    return out_dir / "results.jsonl"
+
+
+_CHOICE_RULE = (
+    "per (method, budget, lambda_retain): mean over seeds of the validation forget gain min(CE, ln|V|) - CE_base "
+    "and of the validation retain damage; among settings with mean damage < max_damage, those within "
+    "tie_tolerance of the best gain, the least damaging (then the smallest lr, alpha); if none is under "
+    "max_damage, the least damaging setting (feasible = false)"
+)
+
+
+def choose_settings(rows: list[dict], scoring) -> list[dict]:
+    """The (lr, alpha) chosen per (method, budget, lambda) from validation scores; see the module doc."""
+    by_group: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_group[(r["method"], r["budget"], r["lambda_retain"])][(r["lr"], r["lora_alpha"])].append(r)
+    out = []
+    for (method, budget, lam), cands in sorted(by_group.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        scored = []
+        for (lr, alpha), rs in cands.items():
+            if any(r["status"] != "ok" for r in rs):
+                continue  # a setting that diverged on some seed is not a candidate
+            gain = sum(r["score"]["valid_forget_gain"] for r in rs) / len(rs)
+            damage = sum(r["score"]["valid_damage"] for r in rs) / len(rs)
+            scored.append({"lr": lr, "lora_alpha": alpha, "valid_forget_gain": gain, "valid_damage": damage, "run_ids": [r["run_id"] for r in rs]})
+        if not scored:
+            out.append({"method": method, "budget": budget, "lambda_retain": lam, "lr": None, "lora_alpha": None, "feasible": False, "run_ids": [], "candidates": []})
+            continue
+        feasible = [c for c in scored if c["valid_damage"] < scoring.max_damage]
+        pool = feasible or scored
+        if feasible:
+            best_gain = max(c["valid_forget_gain"] for c in feasible)
+            pool = [c for c in feasible if c["valid_forget_gain"] >= best_gain - scoring.tie_tolerance]
+        pick = min(pool, key=lambda c: (c["valid_damage"], c["lr"], c["lora_alpha"] or 0.0))
+        out.append({
+            "method": method, "budget": budget, "lambda_retain": lam,
+            "lr": pick["lr"], "lora_alpha": pick["lora_alpha"], "feasible": bool(feasible),
+            "valid_forget_gain": pick["valid_forget_gain"], "valid_damage": pick["valid_damage"],
+            "run_ids": pick["run_ids"],
+            "candidates": [{k: v for k, v in c.items() if k != "run_ids"} for c in scored],
+        })
+    return out
+
+
+# --------------------------------------------------------------------------- one run
+def _run_one(config: SweepConfig, spec: RunSpec, inputs: StudyInputs, base: dict, out_dir: Path) -> dict:
+    from ..evaluation.ce import evaluate_ce
+
+    cfg = spec.tune_config
+    row = {
+        "run_id": spec.run_id, "method": spec.method, "kind": cfg.method, "budget": cfg.budget, "seed": cfg.seed,
+        "lambda_retain": cfg.lambda_retain, "lr": cfg.lr, "lora_alpha": cfg.lora_alpha if cfg.method in LORA_METHODS else None,
+        "tune_config": cfg.model_dump(mode="json"),
+    }
+    model = copy.deepcopy(inputs.model)  # a fresh base model: no state leaks between runs
+    try:
+        tunable, result = tune(cfg, model, inputs.forget_stream, inputs.retain_stream, inputs.decomposition, decomposition_dir=config.decomposition_dir())
+    except NonFiniteLossError as e:
+        return {**row, "status": "non_finite", "error": str(e), "steps": e.step, "versions": versions()}
+    edit_dir = _save_edit(tunable, out_dir / "edits" / spec.run_id)
+
+    t0 = time.perf_counter()
+    ev = evaluate_ce(edited_lm(tunable.model), inputs.eval_blocks, batch_size=config.eval.batch_size)
+    eval_time = time.perf_counter() - t0
+    ce = _ce_dict(ev)
+    increase = {d: ce[d] - base["ce"][d] for d in ce}
+    s = config.scoring
+    chance = inputs.chance
+    score = {
+        "forget_ce": ce[s.forget_eval],
+        "forget_increase": increase[s.forget_eval],
+        "forget_at_chance": ce[s.forget_eval] >= chance - s.chance_tolerance,
+        "retain_damage": increase[s.retain_eval],
+        "valid_forget_gain": min(ce[s.forget_valid], chance) - base["ce"][s.forget_valid],
+        "valid_damage": increase[s.retain_valid],
+    }
+    score["success"] = bool(score["forget_at_chance"] and score["retain_damage"] < s.max_damage)
+    valid = (s.forget_valid, s.retain_valid)
+    return {
+        **row,
+        "status": "ok", "error": None,
+        "steps": result.steps, "stopped_reason": result.stopped_reason,
+        "train_time_s": result.wall_time_s, "eval_time_s": eval_time,
+        "final_loss": result.final_loss, "final_forget_ce": result.final_forget_ce, "final_retain_kl": result.final_retain_kl,
+        "final_scalars": result.final_scalars,
+        "loss_curve": _subsample(result.loss_history, 100),
+        "forget_offset": result.forget_offset, "forget_tokens": result.forget_tokens,
+        "chance": chance,
+        "ce": {d: v for d, v in ce.items() if d not in valid},
+        "increase": {d: v for d, v in increase.items() if d not in valid},
+        "valid_ce": {d: ce[d] for d in valid},
+        "score": score,
+        "edit": str(edit_dir.relative_to(out_dir)),
+        "versions": result.versions,
+    }
+
+
+def _ce_dict(ev) -> dict[str, float]:
+    return {name: float(v) for name, v in ev.ce.items()}
+
+
+def _subsample(values: list[float], n: int) -> list[list[float]]:
+    """[[step, loss], ...] at ≤ n evenly spaced steps (the last one included): the row stays small."""
+    if not values:
+        return []
+    stride = max(1, math.ceil(len(values) / n))
+    steps = list(range(0, len(values), stride))
+    if steps[-1] != len(values) - 1:
+        steps.append(len(values) - 1)
+    return [[i, values[i]] for i in steps]
+
+
+def _save_edit(tunable, edit_dir: Path) -> Path:
+    """Save the trained edit: ComponentScale adapters with `save_adapter`, peft models (LoRA,
+    neuron-scale IA3) with `save_pretrained` (adapter weights only). Written to a temporary
+    directory and renamed, so an edit directory is always complete."""
+    tmp = edit_dir.parent / f".{edit_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    net = tunable.model
+    if hasattr(net, "save_adapter"):
+        net.save_adapter(tmp)
+    else:
+        net.save_pretrained(str(tmp))
+    shutil.rmtree(edit_dir, ignore_errors=True)
+    os.replace(tmp, edit_dir)
+    return edit_dir
+
+
+def edited_lm(net: nn.Module) -> nn.Module:
+    """The edited causal LM itself (has `.config` and `generate`): a ComponentScaleModel swaps its
+    layers into the wrapped model in place; a PeftModel is one already."""
+    from ..tuning import ComponentScaleModel
+
+    return net.model if isinstance(net, ComponentScaleModel) else net
+
+
+def load_edit(edit_dir: str | Path, base_model: nn.Module, decomposition=None) -> nn.Module:
+    """Re-apply a saved edit to `base_model` (in place) and return the edited HF model (it has
+    `generate`): the model with ComponentScale layers swapped in, or the PeftModel."""
+    from ..tuning import load_adapter
+
+    edit_dir = Path(edit_dir)
+    cfg = edit_dir / "adapter_config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{edit_dir} holds no saved edit (no adapter_config.json)")
+    if json.loads(cfg.read_text()).get("format") == "comptune-component-scale":
+        return edited_lm(load_adapter(edit_dir, base_model, decomposition))
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(edit_dir)).eval()
+
+
+# --------------------------------------------------------------------------- bookkeeping
+def _check_out_dir(config: SweepConfig, out_dir: Path) -> None:
+    saved = out_dir / "sweep_config.yaml"
+    if saved.exists():
+        previous = yaml.safe_load(saved.read_text())
+        current = config.model_dump(mode="json")
+        if previous != current:
+            diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            raise ValueError(
+                f"{out_dir} holds a sweep with a different config (differs in: {', '.join(diff)}); "
+                "resume with the same config or write to another --out directory"
+            )
+
+
+@contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """One sweep process per out dir: two writers would run the same runs twice."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another sweep is writing to {out_dir}; wait for it or use another --out") from None
+        yield
+
+
+def _cut_partial_line(path: Path) -> None:
+    """Remove a trailing line without newline (a writer killed mid-line) so appends start clean."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    with open(path, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+
+
+def _unique(rows: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for r in rows:
+        if r["run_id"] not in seen:
+            seen.add(r["run_id"])
+            out.append(r)
+    return out
+
+
+def _prune_edits(config: SweepConfig, rows: list[dict], out_dir: Path, groups: list[tuple] | None) -> None:
+    """Delete the edits of runs that were not chosen in (complete) groups; keeps the out dir small."""
+    rows = _unique(rows)
+    if groups is not None:
+        rows = [r for r in rows if (r["method"], r["budget"], r["lambda_retain"]) in groups]
+    keep = {rid for c in choose_settings(rows, config.scoring) for rid in c["run_ids"]}
+    for r in rows:
+        if r["run_id"] not in keep and r.get("edit"):
+            shutil.rmtree(out_dir / r["edit"], ignore_errors=True)
+
+
+def _base_ce(config: SweepConfig, inputs: StudyInputs, out_dir: Path, log: Log) -> dict:
+    """The base model's CE per dataset, cached; a changed model under a resumed sweep is refused."""
+    from ..evaluation.ce import evaluate_ce
+    from ..model.fingerprint import weights_fingerprint
+
+    fingerprint = weights_fingerprint(inputs.model)
+    path = out_dir / "base_ce.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached["model_fingerprint"] != fingerprint:
+            raise ValueError(
+                f"the model at {config.model_dir()} changed since this sweep started (weights fingerprint "
+                f"{cached['model_fingerprint']} then, {fingerprint} now); start a new sweep in another --out directory"
+            )
+        return cached
+    log(f"base model: evaluating {len(inputs.eval_blocks)} datasets")
+    ev = evaluate_ce(inputs.model, inputs.eval_blocks, batch_size=config.eval.batch_size)
+    base = {
+        "model_fingerprint": fingerprint,
+        "vocab_size": inputs.vocab_size,
+        "chance": inputs.chance,
+        "ce": _ce_dict(ev),
+        "blocks": {d: list(b.shape) for d, b in inputs.eval_blocks.items()},
+        "versions": versions(),
+    }
+    write_json_atomic(path, base)
+    return base
+
+
+def _selections(config: SweepConfig, inputs: StudyInputs, out_dir: Path, log: Log) -> dict[str, dict]:
+    from .selection import resolve_selections
+
+    path = out_dir / "selection.json"
+    if path.exists():
+        return json.loads(path.read_text())["methods"]
+    resolved = resolve_selections(config, inputs.model, inputs.tokenizer, inputs.decomposition, log=log)
+    write_json_atomic(path, {"selection_data": config.selection_data.model_dump(), "methods": resolved, "versions": versions()})
+    return resolved
+
+
+def _describe(row: dict, config: SweepConfig) -> str:
+    alpha = f" α={row['lora_alpha']:g}" if row["lora_alpha"] is not None else ""
+    head = f"{row['method']} budget={row['budget']} seed={row['seed']} λ={row['lambda_retain']:g} lr={row['lr']:g}{alpha}"
+    if row["status"] != "ok":
+        return f"{head}: {row['status']} ({row['error']})"
+    s = config.scoring
+    sc = row["score"]
+    return (
+        f"{head}: {row['steps']} steps ({row['stopped_reason']}, {row['train_time_s']:.1f}s), "
+        f"{s.forget_eval} {sc['forget_ce']:.2f} nats ({sc['forget_increase']:+.2f}), {s.retain_eval} {sc['retain_damage']:+.3f}"
+        f"{'  ✓' if sc['success'] else ''}"
+    )

@@ -1,0 +1,87 @@
+"""The study report: figures, tables and summary from a finished tiny sweep; the min-budget table."""
+
+import json
+
+import pytest
+import torch
+
+from comptune.evaluation.rollouts import rollouts
+from comptune.model.loading import load_model_and_tokenizer
+from comptune.report import make_report, min_budget_table
+from comptune.study.sweep import run_sweep
+from test_study import assets, finished, sweep_config  # noqa: F401  (shared fixtures: tiny model, decomposition, sweep)
+
+torch.set_num_threads(1)
+
+
+def test_report_writes_figures_tables_and_summary(finished, tmp_path):  # noqa: F811
+    config, results = finished
+    out = tmp_path / "report"
+    summary = make_report(results, out, log=lambda s: None)
+    assert summary == out / "summary.md"
+    for stem in ("tradeoff", "off_target", "scalars"):
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in (out / f"{stem}.svg").read_text()
+    text = summary.read_text()
+    for section in ("## Methods", "## Minimum budget", "## Chosen learning rates", "## Off-target", "## Learned scalars", "## Rollouts", "## Config", "## Versions"):
+        assert section in text, section
+    assert "![tradeoff](tradeoff.png)" in text and "lora_r1" in text and "single" in text
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    # rollouts: base vs each method's chosen run at the largest budget, greedy, from the saved edit
+    ro = json.loads((out / "rollouts.json").read_text())
+    rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    by_id = {r["run_id"]: r for r in rows}
+    assert set(ro["picked_runs"]) == {"single", "lora_r1"}
+    for pick in ro["picked_runs"].values():
+        r = by_id[pick["run_id"]]
+        assert r["chosen"] and r["budget"] == max(config.budgets) and r["seed"] == min(config.seeds)
+    assert [row["prompt"] for row in ro["rollouts"]] == list(config.rollout.prompts.values())
+    base, tokenizer = load_model_and_tokenizer(config.model_dir())
+    fresh = rollouts({"base": base}, tokenizer, list(config.rollout.prompts.values()), max_new_tokens=config.rollout.max_new_tokens)
+    assert [row["continuations"]["base"] for row in ro["rollouts"]] == [row["continuations"]["base"] for row in fresh]
+
+    # the min-budget table written beside agrees with the rows
+    table = json.loads((out / "min_budget.json").read_text())["table"]
+    assert table == min_budget_table([r for r in rows if r["chosen"]], ["single", "lora_r1"], config.budgets)
+
+
+def run(method, budget, seed, success, lam=1.0, status="ok"):
+    return {"method": method, "budget": budget, "seed": seed, "lambda_retain": lam, "status": status, "score": {"success": success}}
+
+
+def test_min_budget_needs_half_the_seeds_at_some_lambda():
+    rows = [
+        # a: 1/3 seeds at budget 2, 2/3 at budget 4 → 4
+        run("a", 2, 0, True), run("a", 2, 1, False), run("a", 2, 2, False),
+        run("a", 4, 0, True), run("a", 4, 1, True), run("a", 4, 2, False),
+        run("a", 8, 0, True), run("a", 8, 1, True), run("a", 8, 2, True),
+        # b: fails at lambda 1 but succeeds for every seed at lambda 10 from budget 8; the failed run is not counted
+        run("b", 2, 0, False), run("b", 2, 1, False),
+        run("b", 8, 0, False), run("b", 8, 1, False), run("b", 8, 0, True, lam=10.0), run("b", 8, 1, True, lam=10.0),
+        run("b", 8, 2, False, lam=10.0, status="non_finite"),
+        # c: never
+        run("c", 2, 0, False), run("c", 8, 0, False),
+    ]
+    table = {t["method"]: t for t in min_budget_table(rows, ["a", "b", "c", "d"], [2, 4, 8])}
+    assert table["a"]["min_budget"] == 4
+    assert table["a"]["per_budget"][0] == {"budget": 2, "succeeded": 1, "runs": 3, "lambda_retain": 1.0}
+    assert table["b"]["min_budget"] == 8
+    assert table["b"]["per_budget"] == [{"budget": 2, "succeeded": 0, "runs": 2, "lambda_retain": 1.0}, {"budget": 8, "succeeded": 2, "runs": 2, "lambda_retain": 10.0}]
+    assert table["c"]["min_budget"] is None
+    assert table["d"] == {"method": "d", "min_budget": None, "per_budget": []}
+
+
+def test_report_refuses_an_unfinished_sweep(assets, tmp_path):  # noqa: F811
+    with pytest.raises(FileNotFoundError, match="not a sweep directory"):
+        make_report(tmp_path / "nothing", log=lambda s: None)
+    out = tmp_path / "sweep"
+
+    def kill(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep_config(assets, methods=[dict(name="lora_r1", method="lora", lrs=[0.01])], budgets=[4]), out, on_run_done=kill, log=lambda s: None)
+    with pytest.raises(FileNotFoundError, match="has not finished"):
+        make_report(out, log=lambda s: None)
+    assert not (out / "report").exists()

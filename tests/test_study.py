@@ -1,0 +1,221 @@
+"""The unlearning sweep: end to end on a tiny model/decomposition/tokenizer, lr choice on
+validation data, resuming after a kill, bad input."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from comptune.corpus.bundle import bundled_texts
+from comptune.decomposition import CIConfig, Decomposition
+from comptune.evaluation.ce import evaluate_ce
+from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+from comptune.study.config import Scoring, SweepConfig
+from comptune.study.sweep import choose_settings, load_edit, load_inputs, run_sweep
+from comptune.tokenizer import train_tokenizer
+
+torch.set_num_threads(1)
+
+LANG_SETS = {"de": "train.de", "en": "train.en", "fr": "train.fr", "code": "train.code"}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Text files, a tiny tokenizer + model saved as an HF dir, and a tiny decomposition of it."""
+    root = tmp_path_factory.mktemp("assets")
+    texts = {lang: "\n".join(bundled_texts(name)[:2])[:6000] for lang, name in LANG_SETS.items()}
+    for lang, text in texts.items():
+        half = len(text) // 2
+        (root / f"{lang}_train.txt").write_text(text[:half])
+        (root / f"{lang}_heldout.txt").write_text(text[half:])
+    tokenizer = train_tokenizer(texts.values(), vocab_size=400)
+    torch.manual_seed(0)
+    model = ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=len(tokenizer), n_layer=2, d_model=32, n_head=2, d_mlp=64, n_ctx=32)).eval()
+    model_dir = root / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    torch.manual_seed(1)
+    decomposition = Decomposition.create(model, {"h.*.attn.v_proj": 6, "h.1.mlp.c_fc": 6}, ci=CIConfig(type="layerwise_mlp", hidden_dims=[4]))
+    decomposition.save(root / "decomposition")
+    return root
+
+
+def sweep_config(root: Path, **overrides) -> SweepConfig:
+    f = lambda name: str(root / f"{name}.txt")  # noqa: E731
+    data = dict(
+        name="tiny",
+        model=str(root / "model"),
+        decomposition=str(root / "decomposition"),
+        forget=f("de_train"),
+        retain=f("en_train"),
+        eval_datasets=[f("de_heldout"), f("en_heldout"), f("fr_heldout"), f("code_heldout")],
+        scoring=dict(forget_eval=f("de_heldout"), retain_eval=f("en_heldout"), forget_valid=f("de_train"), retain_valid=f("fr_train")),
+        selection_data=dict(target=f("de_train"), reference=f("en_train"), protected=[f("en_train"), f("fr_train")], block_len=16, max_blocks=4, show_top=3),
+        methods=[
+            dict(name="single", method="component_scale", select=dict(rank="specificity", top=1), lrs=[0.01, 0.3]),
+            dict(name="lora_r1", method="lora", lora_rank=1, lrs=[0.001, 0.03]),
+        ],
+        budgets=[4, 8],
+        seeds=[0],
+        train=dict(seq_len=16, retain_batch_size=2, patience=3, max_steps=4),
+        eval=dict(block_len=16, max_blocks=3, batch_size=4),
+        rollout=dict(prompts={"de": "Die Datei", "en": "The file"}, max_new_tokens=3),
+    )
+    data.update(overrides)
+    return SweepConfig.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def finished(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    config = sweep_config(assets)
+    run_sweep(config, out, log=lambda s: None)
+    return config, out
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sweep_writes_one_row_per_run_and_chooses_on_validation(finished):
+    config, out = finished
+    for name in ("sweep_config.yaml", "selection.json", "base_ce.json", "runs.jsonl", "chosen.json", "results.jsonl"):
+        assert (out / name).is_file(), name
+    rows = read_rows(out / "results.jsonl")
+    assert len(rows) == config.n_runs() == 2 * 2 * 2
+    assert len({r["run_id"] for r in rows}) == len(rows)
+    assert {(r["method"], r["budget"], r["lr"]) for r in rows} == {(m, b, lr) for m, lrs in (("single", (0.01, 0.3)), ("lora_r1", (0.001, 0.03))) for b in (4, 8) for lr in lrs}
+    base = json.loads((out / "base_ce.json").read_text())
+    for r in rows:
+        assert r["status"] == "ok" and r["forget_tokens"] == r["budget"] and 1 <= r["steps"] <= 4
+        assert set(r["ce"]) == set(config.eval_datasets) and set(r["valid_ce"]) == {config.scoring.forget_valid, config.scoring.retain_valid}
+        for d, ce in r["ce"].items():
+            assert r["increase"][d] == pytest.approx(ce - base["ce"][d])
+        assert r["versions"]["torch"] == torch.__version__
+        assert len(r["final_scalars"]) == (1 if r["method"] == "single" else 0)
+    # the single key is the top of the specificity ranking saved in selection.json
+    sel = json.loads((out / "selection.json").read_text())["methods"]["single"]
+    assert sel["selection"]["keys"] == [sel["ranking"][0][0]] and len(sel["ranking"]) == 3
+    assert all(r["final_scalars"].keys() == set(sel["selection"]["keys"]) for r in rows if r["method"] == "single")
+
+    # exactly one chosen lr per (method, budget), and it is what the rule gives on the validation scores
+    chosen = [r for r in rows if r["chosen"]]
+    assert sorted((r["method"], r["budget"]) for r in chosen) == sorted((m, b) for m in ("single", "lora_r1") for b in (4, 8))
+    expected = {(c["method"], c["budget"]): c["lr"] for c in choose_settings(rows, config.scoring)}
+    assert all(expected[(r["method"], r["budget"])] == r["lr"] for r in chosen)
+    groups = json.loads((out / "chosen.json").read_text())["groups"]
+    assert {(g["method"], g["budget"]): g["lr"] for g in groups} == expected
+
+    # only the chosen runs keep their edit, and re-applying it reproduces the run's evaluation
+    assert sorted(p.name for p in (out / "edits").iterdir()) == sorted(r["run_id"] for r in chosen)
+    inputs = load_inputs(config)
+    for r in chosen:
+        edited = load_edit(out / r["edit"], copy.deepcopy(inputs.model))
+        ce = evaluate_ce(edited, {d: inputs.eval_blocks[d] for d in config.eval_datasets[:2]}, batch_size=4).ce
+        for d, v in ce.items():
+            assert v == pytest.approx(r["ce"][d], abs=1e-5)
+
+
+def row(method, budget, seed, lr, gain, damage, *, status="ok", alpha=None, held_out_forget=0.0):
+    return {
+        "run_id": f"{method}-{budget}-{seed}-{lr}", "method": method, "budget": budget, "seed": seed, "lr": lr,
+        "lora_alpha": alpha, "lambda_retain": 1.0, "status": status,
+        "score": {"valid_forget_gain": gain, "valid_damage": damage, "forget_increase": held_out_forget},
+    }
+
+
+def test_choice_rule_uses_validation_scores_only():
+    s = Scoring(max_damage=0.1, tie_tolerance=0.01)
+    rows = [
+        # best validation gain but too much validation damage, even though its held-out score is best
+        row("m", 4, 0, 0.1, gain=5.0, damage=0.2, held_out_forget=9.0),
+        row("m", 4, 1, 0.1, gain=5.0, damage=0.2, held_out_forget=9.0),
+        # two feasible settings tied on gain (within tolerance): the less damaging one wins
+        row("m", 4, 0, 0.03, gain=3.000, damage=0.05), row("m", 4, 1, 0.03, gain=3.004, damage=0.07),
+        row("m", 4, 0, 0.01, gain=3.002, damage=0.02), row("m", 4, 1, 0.01, gain=3.002, damage=0.02),
+        # a feasible setting clearly below the best gain
+        row("m", 4, 0, 0.003, gain=1.0, damage=0.0), row("m", 4, 1, 0.003, gain=1.0, damage=0.0),
+        # group 2: nothing feasible → least damaging; a setting that diverged on one seed is no candidate
+        row("m", 8, 0, 0.1, gain=4.0, damage=0.5), row("m", 8, 1, 0.1, gain=4.0, damage=0.3),
+        row("m", 8, 0, 0.01, gain=1.0, damage=0.2), row("m", 8, 1, 0.01, gain=1.0, damage=0.2),
+        row("m", 8, 0, 0.003, gain=0.0, damage=0.0), row("m", 8, 1, 0.003, gain=0.0, damage=0.0, status="non_finite"),
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            del r["score"]
+    c4, c8 = choose_settings(rows, s)
+    assert (c4["budget"], c4["lr"], c4["feasible"]) == (4, 0.01, True)
+    assert sorted(c4["run_ids"]) == ["m-4-0-0.01", "m-4-1-0.01"]
+    assert (c8["budget"], c8["lr"], c8["feasible"]) == (8, 0.01, False)
+
+
+def test_killed_sweep_resumes_without_duplicates(assets, tmp_path):
+    config = sweep_config(assets)
+    out = tmp_path / "sweep"
+    first = []
+
+    def kill_after_three(row):
+        first.append(row["run_id"])
+        if len(first) == 3:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, out, on_run_done=kill_after_three, log=lambda s: None)
+    assert len(read_rows(out / "runs.jsonl")) == 3
+    assert not (out / "results.jsonl").exists()
+    # a writer killed mid-line leaves a partial trailing line; it is neither read nor kept
+    with open(out / "runs.jsonl", "a") as f:
+        f.write('{"run_id": "half-writ')
+
+    second = []
+    run_sweep(config, out, on_run_done=lambda r: second.append(r["run_id"]), log=lambda s: None)
+    assert len(second) == config.n_runs() - 3 and not set(first) & set(second)
+    runs = read_rows(out / "runs.jsonl")  # every line parses: the partial line was cut off
+    assert len(runs) == config.n_runs() and len({r["run_id"] for r in runs}) == len(runs)
+    assert [r["run_id"] for r in runs[:3]] == first
+    assert len(read_rows(out / "results.jsonl")) == config.n_runs()
+
+    # re-running a finished sweep runs nothing and changes no row
+    third = []
+    run_sweep(config, out, on_run_done=lambda r: third.append(r), log=lambda s: None)
+    assert third == [] and read_rows(out / "runs.jsonl") == runs
+
+    # the same directory with another config is refused
+    with pytest.raises(ValueError, match="different config"):
+        run_sweep(sweep_config(assets, seeds=[1]), out, log=lambda s: None)
+
+
+def test_bad_input_gives_clear_errors_and_no_files(assets, tmp_path):
+    (assets / "empty.txt").write_text("  \n")
+    cases = [
+        (dict(retain=str(assets / "empty.txt")), "no non-empty text"),
+        (dict(budgets=[4, 10**6]), "budget of 1000000 forget tokens"),
+        (dict(seeds=list(range(5000))), "seed"),
+        (dict(model=str(assets / "missing")), "does not exist"),
+    ]
+    for i, (overrides, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            run_sweep(sweep_config(assets, **overrides), out, log=lambda s: None)
+        assert not out.exists()
+    with pytest.raises(ValueError, match="extra"):
+        sweep_config(assets, learning_rates=[0.1])
+    with pytest.raises(ValueError, match="also an evaluation set"):
+        sweep_config(assets, scoring=dict(forget_eval=str(assets / "de_heldout.txt"), retain_eval=str(assets / "en_heldout.txt"),
+                                          forget_valid=str(assets / "de_heldout.txt")))
+    with pytest.raises(ValueError, match="must name a method listed before it"):
+        sweep_config(assets, methods=[dict(name="local", method="lora_local", select=dict(modules_of="single"), lrs=[0.01])])
+
+
+def test_presets_load_and_agree():
+    """`comptune demo` and `comptune demo --full` read configs/*.yaml; full is the write-up's protocol."""
+    from comptune.study.demo import preset_config
+
+    demo, full = preset_config(False), preset_config(True)
+    assert full.budgets == [2, 4, 8, 16, 32, 64, 128, 512, 2048] and len(full.seeds) == 9
+    assert (full.train.patience, full.train.max_steps) == (300, 3000)
+    assert all(m.lrs == [0.003, 0.01, 0.03, 0.1] for m in full.methods)
+    assert all(m.alphas == [16, 32] for m in full.methods if m.method in ("lora", "lora_local"))
+    assert {m.name for m in demo.methods} <= {m.name for m in full.methods}
