@@ -1,0 +1,529 @@
+"""`comptune import-goodfire`: torch-era Goodfire runs written here in the reference layout, imported and
+checked against the reference math computed directly from the raw checkpoint tensors."""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from comptune.decomposition import Decomposition
+from comptune.decomposition.goodfire import (
+    PILE_4L,
+    _comptune_shapes,
+    build_pile_4l_target,
+    comptune_config_from_llama_simple_mlp,
+    import_goodfire,
+    normalize_keys,
+)
+from comptune.model import ComptuneLMConfig, ComptuneLMForCausalLM
+
+# A tiny LlamaSimpleMLP (their pretraining `model_config.yaml`) and the same model as ours.
+LLAMA_CONFIG = dict(
+    model_type="LlamaSimpleMLP", block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=16, n_intermediate=32,
+    n_ctx=16, n_key_value_heads=2, rotary_dim=8, rotary_base=10000, rms_norm_eps=1e-6, flash_attention=False,
+)
+TINY = dict(vocab_size=64, n_layer=2, d_model=16, n_head=2, d_mlp=32, n_ctx=16)
+TARGETS = [("h.*.mlp.c_fc", 5), ("h.*.attn.q_proj", 3)]
+PATHS = ["h.0.attn.q_proj", "h.0.mlp.c_fc", "h.1.attn.q_proj", "h.1.mlp.c_fc"]
+C = {p: 3 if "q_proj" in p else 5 for p in PATHS}
+D_IN = {p: 16 for p in PATHS}
+CI_D, CI_HEADS, CI_BLOCKS, CI_FF, ROPE_BASE = 8, 2, 2, 12, 10000.0
+MLP_HIDDEN = 4
+TARGET_CLASS = "spd.pretrain.models.llama_simple_mlp.LlamaSimpleMLP"
+
+torch.set_num_threads(1)
+
+
+def dashed(path):
+    return path.replace(".", "-")
+
+
+@pytest.fixture
+def target():
+    torch.manual_seed(0)
+    model = ComptuneLMForCausalLM(ComptuneLMConfig(**TINY)).eval()
+    with torch.no_grad():  # non-trivial norm weights, so a wrong norm would show
+        for name, p in model.named_parameters():
+            if "rms" in name or "ln_f" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+# ---------------------------------------------------------------------------- reference writers
+
+
+def reference_checkpoint(target, ci_kind, C=C):
+    """The newest reference state dict: target_model.*, _components.* (V [d_in,C], U [C,d_out]), ci_fn.*."""
+    g = torch.Generator().manual_seed(1)
+    sd = {f"target_model.{k}": v.clone() for k, v in target.state_dict().items()}
+    for p in PATHS:
+        sd[f"_components.{dashed(p)}.V"] = torch.randn(D_IN[p], C[p], generator=g) / 4
+        sd[f"_components.{dashed(p)}.U"] = torch.randn(C[p], 32 if "c_fc" in p else 16, generator=g) / 2
+    if ci_kind == "global":
+        pre = "ci_fn._global_ci_fn."
+        sd[pre + "_input_projector.W"] = torch.randn(sum(D_IN.values()), CI_D, generator=g) / 8  # [in, out]
+        sd[pre + "_input_projector.b"] = torch.randn(CI_D, generator=g) / 4
+        head = CI_D // CI_HEADS
+        for i in range(CI_BLOCKS):
+            b = f"{pre}_blocks.{i}."
+            for n in ("q", "k", "v", "out"):
+                sd[f"{b}attn.{n}_proj.weight"] = torch.randn(CI_D, CI_D, generator=g) / 3  # nn.Linear [out, in]
+            sd[b + "attn.rope.inv_freq"] = 1.0 / (ROPE_BASE ** (torch.arange(0, head, 2).float() / head))
+            sd[b + "mlp.0.W"] = torch.randn(CI_D, CI_FF, generator=g) / 3
+            sd[b + "mlp.0.b"] = torch.randn(CI_FF, generator=g) / 4
+            sd[b + "mlp.2.W"] = torch.randn(CI_FF, CI_D, generator=g) / 3
+            sd[b + "mlp.2.b"] = torch.randn(CI_D, generator=g) / 4
+        sd[pre + "_output_head.W"] = torch.randn(CI_D, sum(C.values()), generator=g) / 3
+        sd[pre + "_output_head.b"] = torch.randn(sum(C.values()), generator=g) / 4
+    else:  # layerwise `mlp`: ParallelLinear W [C, in, out], b [C, out]
+        for p in PATHS:
+            pre = f"ci_fn._ci_fns.{dashed(p)}.layers."
+            sd[pre + "0.W"] = torch.randn(C[p], 1, MLP_HIDDEN, generator=g)
+            sd[pre + "0.b"] = torch.randn(C[p], MLP_HIDDEN, generator=g)
+            sd[pre + "2.W"] = torch.randn(C[p], MLP_HIDDEN, 1, generator=g)
+            sd[pre + "2.b"] = torch.randn(C[p], 1, generator=g)
+    return sd
+
+
+GLOBAL_CI = {
+    "mode": "global", "fn_type": "global_shared_transformer", "hidden_dims": None,
+    "simple_transformer_ci_cfg": {
+        "d_model": CI_D, "n_blocks": CI_BLOCKS, "mlp_hidden_dim": [CI_FF],
+        "attn_config": {"n_heads": CI_HEADS, "max_len": 64, "rope_base": ROPE_BASE},
+    },
+}
+LAYERWISE_CI = {"mode": "layerwise", "fn_type": "mlp", "hidden_dims": [MLP_HIDDEN]}
+
+
+def spd_config(ci):
+    """Older "spd" schema (final_config.yaml)."""
+    return {
+        "seed": 0, "n_mask_samples": 1, "ci_config": ci, "sigmoid_type": "leaky_hard",
+        "module_info": [{"module_pattern": p, "C": c} for p, c in TARGETS],
+        "identity_module_info": None, "use_delta_component": True, "steps": 10, "batch_size": 4,
+        "pretrained_model_class": TARGET_CLASS, "pretrained_model_name": "wandb:goodfire/spd/t-00000000",
+        "pretrained_model_output_attr": "idx_0",
+    }
+
+
+def param_decomp_config(ci):
+    """Newer param-decomp schema (experiment_config.yaml)."""
+    return {
+        "pd": {
+            "seed": 0, "n_mask_samples": 1, "ci_config": ci, "sigmoid_type": "leaky_hard",
+            "decomposition_targets": [{"module_pattern": p, "C": c} for p, c in TARGETS],
+            "identity_decomposition_targets": None, "use_delta_component": True, "steps": 10, "batch_size": 4,
+        },
+        "runtime": {"device": "cpu"},
+        "cadence": {"train_log_every": 1},
+        "target": {"spec": {"kind": "pretrained", "model_class": TARGET_CLASS, "run_path": "goodfire/spd/runs/t-00000000"}, "output_extract": 0},
+        "data": {"tokenizer_name": "EleutherAI/gpt-neox-20b"},
+    }
+
+
+def write_run(run_dir, config_name, config, state_dicts):
+    """`state_dicts`: {step: state dict}, saved as model_<step>.pth with torch.save like the reference."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / config_name).write_text(yaml.safe_dump(config))
+    for step, sd in state_dicts.items():
+        torch.save(sd, run_dir / f"model_{step}.pth")
+    return run_dir
+
+
+# ---------------------------------------------------------------------------- reference math
+
+
+def reference_global_ci(sd, acts, C=C):
+    """Their GlobalSharedTransformerCiFn, written out from the raw tensors: sorted modules, weightless
+    RMS norms, [in, out] projector, pre-norm bidirectional RoPE attention, GELU MLP, split logits."""
+    pre = "ci_fn._global_ci_fn."
+    order = sorted(acts)
+    h = torch.cat([F.rms_norm(acts[p], (acts[p].shape[-1],)) for p in order], -1)
+    h = h @ sd[pre + "_input_projector.W"] + sd[pre + "_input_projector.b"]
+    B, T, D = h.shape
+    dh = D // CI_HEADS
+    for i in range(CI_BLOCKS):
+        b = f"{pre}_blocks.{i}."
+        a = F.rms_norm(h, (D,))
+        q, k, v = (
+            (a @ sd[f"{b}attn.{n}_proj.weight"].T).view(B, T, CI_HEADS, dh).transpose(1, 2) for n in "qkv"
+        )
+        angles = torch.arange(T).float()[:, None] * sd[b + "attn.rope.inv_freq"][None]
+        cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+
+        def rot(x):
+            return x * cos + torch.cat([-x[..., dh // 2 :], x[..., : dh // 2]], -1) * sin
+
+        q, k = rot(q), rot(k)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), -1)  # no causal mask
+        h = h + ((att @ v).transpose(1, 2).reshape(B, T, D) @ sd[b + "attn.out_proj.weight"].T)
+        m = F.rms_norm(h, (D,)) @ sd[b + "mlp.0.W"] + sd[b + "mlp.0.b"]
+        h = h + (F.gelu(m) @ sd[b + "mlp.2.W"] + sd[b + "mlp.2.b"])
+    z = h @ sd[pre + "_output_head.W"] + sd[pre + "_output_head.b"]
+    return dict(zip(order, z.split([C[p] for p in order], -1)))
+
+
+def reference_layerwise_ci(sd, acts):
+    """Their MLPCiFn on the inner activations a = x V of each module."""
+    out = {}
+    for p, x in acts.items():
+        a = x @ sd[f"_components.{dashed(p)}.V"]  # [..., C]
+        pre = f"ci_fn._ci_fns.{dashed(p)}.layers."
+        hidden = F.gelu(a[..., None] * sd[pre + "0.W"][:, 0, :] + sd[pre + "0.b"])  # [..., C, H]
+        out[p] = (hidden * sd[pre + "2.W"][:, :, 0]).sum(-1) + sd[pre + "2.b"][:, 0]
+    return out
+
+
+def random_acts(seed=3, B=2, T=7):
+    g = torch.Generator().manual_seed(seed)
+    return {p: torch.randn(B, T, D_IN[p], generator=g) * 2 for p in PATHS}
+
+
+def assert_matches_reference(decomposition, sd, ci_kind, C=C):
+    for p in PATHS:
+        comps = decomposition.get_components(p)
+        V, U = sd[f"_components.{dashed(p)}.V"], sd[f"_components.{dashed(p)}.U"]
+        assert torch.equal(comps.V, V) and torch.equal(comps.U, U)
+        assert torch.allclose(comps.weight(), (V @ U).T)  # unmasked weight [d_out, d_in]
+    acts = random_acts()
+    expected = reference_global_ci(sd, acts, C) if ci_kind == "global" else reference_layerwise_ci(sd, acts)
+    got = decomposition.ci_logits(acts)
+    for p in PATHS:
+        assert torch.allclose(got[p], expected[p], atol=1e-5), p
+
+
+# ---------------------------------------------------------------------------- imports
+
+
+@pytest.mark.parametrize("ci_kind", ["global", "layerwise"])
+@pytest.mark.parametrize("schema", ["spd", "param_decomp"])
+def test_import_matches_reference_math(tmp_path, target, ci_kind, schema):
+    ci = GLOBAL_CI if ci_kind == "global" else LAYERWISE_CI
+    config, name = (spd_config(ci), "final_config.yaml") if schema == "spd" else (param_decomp_config(ci), "experiment_config.yaml")
+    sd = reference_checkpoint(target, ci_kind)
+    older = {k: v * 0 for k, v in sd.items()}  # an earlier checkpoint that must not be picked
+    run = write_run(tmp_path / "run", name, config, {100: older, 2000: sd, 300: older})
+    out = tmp_path / "out"
+    decomposition = import_goodfire(run, out, target=target)
+    assert decomposition.module_paths == PATHS
+    assert decomposition.ci_config.type == ("global_transformer" if ci_kind == "global" else "layerwise_mlp")
+    assert_matches_reference(decomposition, sd, ci_kind)
+
+    meta = yaml.safe_load((out / "decomposition.json").read_text())
+    assert meta["format"] == "comptune-decomposition" and meta["provenance"]["step"] == 2000
+    assert meta["provenance"]["checkpoint_file"].endswith("model_2000.pth")
+    assert meta["provenance"]["schema"] == schema and meta["provenance"]["reference_config"] == config
+    assert {p: m["C"] for p, m in meta["modules"].items()} == C
+    decomposition.remove_hooks()
+    reloaded = Decomposition.load(out, target)  # the saved folder is a normal comptune decomposition
+    assert_matches_reference(reloaded, sd, ci_kind)
+
+
+def test_ci_of_a_real_forward_uses_the_captured_activations(tmp_path, target):
+    sd = reference_checkpoint(target, "global")
+    run = write_run(tmp_path / "run", "final_config.yaml", spd_config(GLOBAL_CI), {5: sd})
+    decomposition = import_goodfire(run / "model_5.pth", tmp_path / "out", target=target)
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(4))
+    acts = {}
+    hooks = [target.get_submodule(p).register_forward_pre_hook(lambda m, a, p=p: acts.__setitem__(p, a[0])) for p in PATHS]
+    target(ids)
+    for h in hooks:
+        h.remove()
+    ci = decomposition.causal_importance(ids).lower
+    for p, z in reference_global_ci(sd, acts).items():
+        assert torch.allclose(ci[p], z.clamp(0, 1), atol=1e-5)
+
+
+def to_legacy(sd, era):
+    """Rewrite a newest-layout state dict in an older key layout of the reference."""
+    out = {}
+    for k, v in sd.items():
+        if era == "patched_model":  # Jul-Sep 2025: ComponentsOrModule wrappers, _gates
+            if k.startswith("target_model."):
+                path = k.removeprefix("target_model.").removesuffix(".weight")
+                k = f"patched_model.{path}.original.weight" if path in PATHS else "patched_model." + k.removeprefix("target_model.")
+            elif k.startswith("_components."):
+                dpath, leaf = k.removeprefix("_components.").rsplit(".", 1)
+                k = f"patched_model.{dpath.replace('-', '.')}.components.{leaf}"
+            else:
+                k = k.replace("ci_fn._ci_fns.", "_gates.")
+        elif era == "top_level_ci_fns":  # Oct 2025
+            k = k.replace("ci_fn._ci_fns.", "_ci_fns.")
+        elif era == "first_release":  # June 2025: model.*, components.*.{A,B}, gates.*.{mlp_in,...}
+            if k.startswith("target_model."):
+                k = "model." + k.removeprefix("target_model.")
+            elif k.startswith("_components."):
+                k = "components." + k.removeprefix("_components.").replace(".V", ".A").replace(".U", ".B")
+            else:
+                continue
+        out[k] = v
+    if era == "first_release":
+        for p in PATHS:
+            pre = f"ci_fn._ci_fns.{dashed(p)}.layers."
+            g = f"gates.{dashed(p)}."
+            out[g + "mlp_in"] = sd[pre + "0.W"][:, 0, :]
+            out[g + "in_bias"] = sd[pre + "0.b"]
+            out[g + "mlp_out"] = sd[pre + "2.W"][:, :, 0]
+            out[g + "out_bias"] = sd[pre + "2.b"][:, 0]
+    return out
+
+
+@pytest.mark.parametrize("era", ["patched_model", "top_level_ci_fns", "first_release"])
+def test_legacy_key_layouts_import_the_same(tmp_path, target, era):
+    if era == "first_release":  # one C for every pattern; gates with n hidden neurons
+        C_used = {p: 4 for p in PATHS}
+        config = {
+            "C": 4, "target_module_patterns": [p for p, _ in TARGETS], "n_ci_mlp_neurons": MLP_HIDDEN,
+            "pretrained_model_class": TARGET_CLASS, "pretrained_model_path": "model.pth",
+        }
+    else:
+        C_used, config = C, spd_config(LAYERWISE_CI)
+    sd = reference_checkpoint(target, "layerwise", C_used)
+    legacy = to_legacy(sd, era)
+    assert set(legacy) != set(sd)  # really a different layout
+    run = write_run(tmp_path / "run", "final_config.yaml", config, {7: legacy})
+    decomposition = import_goodfire(run, tmp_path / "out", target=target)
+    assert_matches_reference(decomposition, sd, "layerwise", C_used)
+    assert decomposition.provenance["sigmoid_type"] == ("first_release" if era == "first_release" else "leaky_hard")
+
+
+def test_first_release_linear_gate_becomes_an_affine_ci(tmp_path, target):
+    x = torch.randn(6, 3)
+    out = normalize_keys({"gates.h-0-mlp-c_fc.weight": torch.tensor([2.0, -1.0, 0.5]), "gates.h-0-mlp-c_fc.bias": torch.tensor([0.1, 0.2, 0.3])})
+    W, b = out["ci_fn._ci_fns.h-0-mlp-c_fc.layers.0.W"], out["ci_fn._ci_fns.h-0-mlp-c_fc.layers.0.b"]
+    assert torch.allclose(torch.einsum("nci,cio->nco", x[..., None], W)[..., 0] + b[:, 0], x * torch.tensor([2.0, -1.0, 0.5]) + torch.tensor([0.1, 0.2, 0.3]))
+
+
+def test_target_built_from_their_pretraining_run(tmp_path, target):
+    """No target_model.* in the checkpoint: the target comes from their pretrain dir and is saved beside the import."""
+    pretrain = tmp_path / "pretrain"
+    (pretrain / "checkpoints").mkdir(parents=True)
+    (pretrain / "model_config.yaml").write_text(yaml.safe_dump(LLAMA_CONFIG))
+    torch.save({k: v * 0 for k, v in target.state_dict().items()}, pretrain / "checkpoints" / "model_step_10.pt")
+    torch.save({"_orig_mod." + k: v for k, v in target.state_dict().items()}, pretrain / "checkpoints" / "model_step_200.pt")
+    sd = reference_checkpoint(target, "layerwise")
+    sd = {k: v for k, v in sd.items() if not k.startswith("target_model.")}
+    run = write_run(tmp_path / "run", "experiment_config.yaml", param_decomp_config(LAYERWISE_CI), {3: sd})
+    out = tmp_path / "out"
+    decomposition = import_goodfire(run, out, target_weights=pretrain)
+    for k, v in target.state_dict().items():
+        assert torch.equal(decomposition.target.state_dict()[k], v)
+    assert_matches_reference(decomposition, sd, "layerwise")
+    decomposition.remove_hooks()
+    saved_target = ComptuneLMForCausalLM.from_pretrained(out / "target")
+    Decomposition.load(out, saved_target)  # fingerprint of the saved target matches
+    with pytest.raises(ValueError, match="no target_model"):
+        import_goodfire(run, tmp_path / "out2")
+    again = import_goodfire(run, tmp_path / "out3", target_weights=out / "target")  # our own HF folder works too
+    assert_matches_reference(again, sd, "layerwise")
+
+
+def test_hf_conv1d_target_from_a_local_folder(tmp_path):
+    """A GPT-2 run (Conv1D weights [d_in, d_out], with biases): target given as a local HF folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    dims = {"transformer.h.0.attn.c_proj": (16, 16), "transformer.h.0.mlp.c_fc": (16, 64)}  # (d_in, d_out)
+    g = torch.Generator().manual_seed(2)
+    sd = {f"target_model.{k}": v.clone() for k, v in gpt2.state_dict().items()}
+    for p, (d_in, d_out) in dims.items():
+        pre = f"_components.{dashed(p)}."
+        sd[pre + "V"], sd[pre + "U"] = torch.randn(d_in, 3, generator=g), torch.randn(3, d_out, generator=g)
+        sd[pre + "bias"] = gpt2.get_submodule(p).bias.detach().clone()  # their frozen-bias buffer
+        layers = f"ci_fn._ci_fns.{dashed(p)}.layers."
+        sd[layers + "0.W"], sd[layers + "0.b"] = torch.randn(3, 1, 2, generator=g), torch.randn(3, 2, generator=g)
+        sd[layers + "2.W"], sd[layers + "2.b"] = torch.randn(3, 2, 1, generator=g), torch.randn(3, 1, generator=g)
+    config = {
+        **spd_config({"mode": "layerwise", "fn_type": "mlp", "hidden_dims": [2]}),
+        "module_info": [{"module_pattern": p, "C": 3} for p in dims],
+        "pretrained_model_class": "transformers.GPT2LMHeadModel", "pretrained_model_name": "openai-community/gpt2",
+    }
+    run = write_run(tmp_path / "run", "final_config.yaml", config, {1: sd})
+    with pytest.raises(ValueError, match="cannot build"):
+        import_goodfire(run, tmp_path / "o")
+    decomposition = import_goodfire(run, tmp_path / "out", target_weights=tmp_path / "gpt2")
+    acts = {p: torch.randn(2, 5, d_in, generator=g) for p, (d_in, _) in dims.items()}
+    expected = reference_layerwise_ci(sd, acts)
+    for p in dims:
+        comps = decomposition.get_components(p)
+        assert comps.kind == "conv1d" and torch.equal(comps.V, sd[f"_components.{dashed(p)}.V"])
+        assert torch.allclose(decomposition.ci_logits(acts)[p], expected[p], atol=1e-5)
+
+
+def test_cli_imports_a_run(tmp_path, target, capsys):
+    import argparse
+
+    from comptune.decomposition import goodfire
+
+    parser = argparse.ArgumentParser()
+    goodfire.register(parser.add_subparsers(dest="command"))
+    pretrain = tmp_path / "pretrain"
+    (pretrain / "checkpoints").mkdir(parents=True)
+    (pretrain / "model_config.yaml").write_text(yaml.safe_dump(LLAMA_CONFIG))
+    torch.save(target.state_dict(), pretrain / "checkpoints" / "model_step_1.pt")
+    sd = reference_checkpoint(target, "global")
+    run = write_run(tmp_path / "run", "final_config.yaml", spd_config(GLOBAL_CI), {9: sd})
+    args = parser.parse_args(["import-goodfire", str(run), "--out", str(tmp_path / "out"), "--target-weights", str(pretrain)])
+    assert args.func(args) == 0
+    assert "4 modules (16 subcomponents)" in capsys.readouterr().out
+    loaded = Decomposition.load(tmp_path / "out", ComptuneLMForCausalLM.from_pretrained(tmp_path / "out" / "target"))
+    assert_matches_reference(loaded, sd, "global")
+    args = parser.parse_args(["import-goodfire", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        args.func(args)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, target):
+    sd = reference_checkpoint(target, "global")
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    torch.save(sd, no_config / "model_1.pth")
+    with pytest.raises(FileNotFoundError, match="final_config.yaml or experiment_config.yaml"):
+        import_goodfire(no_config, tmp_path / "o", target=target)
+
+    no_ckpt = write_run(tmp_path / "no_ckpt", "final_config.yaml", spd_config(GLOBAL_CI), {})
+    with pytest.raises(FileNotFoundError, match=r"model_<step>\.pth"):
+        import_goodfire(no_ckpt, tmp_path / "o", target=target)
+
+    unknown = write_run(tmp_path / "unknown", "final_config.yaml", {"lr": 1.0, "model": "x"}, {1: sd})
+    with pytest.raises(ValueError, match="no known Goodfire schema"):
+        import_goodfire(unknown, tmp_path / "o", target=target)
+
+    missing = dict(sd)
+    del missing["_components.h-1-mlp-c_fc.U"]
+    run = write_run(tmp_path / "missing", "final_config.yaml", spd_config(GLOBAL_CI), {1: missing})
+    with pytest.raises(KeyError, match=r"_components\.h-1-mlp-c_fc"):
+        import_goodfire(run, tmp_path / "o", target=target)
+
+    no_head = {k: v for k, v in sd.items() if "_output_head" not in k}
+    run = write_run(tmp_path / "no_head", "final_config.yaml", spd_config(GLOBAL_CI), {1: no_head})
+    with pytest.raises(KeyError, match="output_head"):
+        import_goodfire(run, tmp_path / "o", target=target)
+
+    wrong_heads = spd_config({**GLOBAL_CI, "simple_transformer_ci_cfg": {**GLOBAL_CI["simple_transformer_ci_cfg"], "attn_config": {"n_heads": 1, "rope_base": ROPE_BASE}}})
+    run = write_run(tmp_path / "heads", "final_config.yaml", wrong_heads, {1: sd})
+    with pytest.raises(ValueError, match="n_heads or rope_base"):
+        import_goodfire(run, tmp_path / "o", target=target)
+
+    run = write_run(tmp_path / "vector", "final_config.yaml", spd_config({"mode": "layerwise", "fn_type": "vector_mlp", "hidden_dims": [4]}), {1: sd})
+    with pytest.raises(ValueError, match="vector_mlp"):
+        import_goodfire(run, tmp_path / "o", target=target)
+
+    other = ComptuneLMForCausalLM(ComptuneLMConfig(**TINY)).eval()  # same shapes, other weights
+    run = write_run(tmp_path / "other", "final_config.yaml", spd_config(GLOBAL_CI), {1: sd})
+    with pytest.raises(ValueError, match="different model"):
+        import_goodfire(run, tmp_path / "o", target=other)
+
+    bad_pattern = spd_config(GLOBAL_CI)
+    bad_pattern["module_info"].append({"module_pattern": "h.*.nothing", "C": 2})
+    run = write_run(tmp_path / "pattern", "final_config.yaml", bad_pattern, {1: sd})
+    with pytest.raises(ValueError, match="matches no module"):
+        import_goodfire(run, tmp_path / "o", target=target)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    run = write_run(tmp_path / "evil", "final_config.yaml", spd_config(GLOBAL_CI), {1: {**sd, "x": Evil()}})
+    with pytest.raises(ValueError, match="refused"):
+        import_goodfire(run, tmp_path / "o", target=target)
+    assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------- target models
+
+
+def reference_llama_simple_mlp_logits(model, ids, cfg):
+    """Their LlamaSimpleMLP forward written from its definition: freq = base^(i/(rotary_dim/2)) repeated
+    (not adjacent pairs), rotate-half, manual causal softmax attention, RMSNorm in fp32 then * weight,
+    NewGELU (tanh), tied lm_head."""
+    sd = model.state_dict()
+    B, T = ids.shape
+    D, H = cfg["n_embd"], cfg["n_head"]
+    dh = D // H
+    freq = cfg["rotary_base"] ** (torch.arange(dh // 2).float() / (dh / 2))
+    angles = torch.arange(T).float()[:, None] / freq.repeat(2)[None]
+
+    def rms(x, w):
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg["rms_norm_eps"]))
+
+    def rot(x):
+        return x * angles.cos() + torch.cat([-x[..., dh // 2 :], x[..., : dh // 2]], -1) * angles.sin()
+
+    x = sd["wte.weight"][ids]
+    causal = torch.tril(torch.ones(T, T)).bool()
+    for i in range(cfg["n_layer"]):
+        p = f"h.{i}."
+        a = rms(x, sd[p + "rms_1.weight"])
+        q, k, v = ((a @ sd[f"{p}attn.{n}_proj.weight"].T).view(B, T, H, dh).transpose(1, 2) for n in "qkv")
+        att = (rot(q) @ rot(k).transpose(-1, -2)) / math.sqrt(dh)
+        att = torch.softmax(att.masked_fill(~causal, float("-inf")), -1)
+        x = x + (att @ v).transpose(1, 2).reshape(B, T, D) @ sd[p + "attn.o_proj.weight"].T
+        m = rms(x, sd[p + "rms_2.weight"]) @ sd[p + "mlp.c_fc.weight"].T
+        m = 0.5 * m * (1 + torch.tanh(math.sqrt(2 / math.pi) * (m + 0.044715 * m**3)))
+        x = x + m @ sd[p + "mlp.down_proj.weight"].T
+    return rms(x, sd["ln_f.weight"]) @ sd["lm_head.weight"].T
+
+
+def test_comptune_model_computes_their_llama_simple_mlp(target):
+    config = comptune_config_from_llama_simple_mlp(LLAMA_CONFIG)
+    assert (config.d_model, config.n_head, config.d_mlp, config.n_layer, config.n_ctx) == (16, 2, 32, 2, 16)
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(target(ids).logits, reference_llama_simple_mlp_logits(target, ids, LLAMA_CONFIG), atol=1e-5)
+
+
+def test_unrepresentable_llama_simple_mlp_is_refused():
+    with pytest.raises(ValueError, match="grouped KV heads"):  # their SimpleStories targets
+        comptune_config_from_llama_simple_mlp({**LLAMA_CONFIG, "n_key_value_heads": 1})
+    with pytest.raises(ValueError, match="biases"):
+        comptune_config_from_llama_simple_mlp({**LLAMA_CONFIG, "mlp_bias": True})
+
+
+def test_pile_4l_target_has_the_paper_architecture():
+    model = build_pile_4l_target()
+    cfg = model.config
+    assert (cfg.vocab_size, cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_mlp, cfg.n_ctx) == (50277, 4, 768, 6, 3072, 512)
+    assert (cfg.rope_base, cfg.rms_eps, cfg.tie_word_embeddings) == (10000.0, 1e-6, True)
+    assert model.lm_head.weight is model.wte.weight
+    assert 66.5e6 < sum(p.numel() for p in model.parameters()) < 67.5e6
+    # the reference pretrain config of that model maps onto the same architecture
+    reference = dict(
+        model_type="LlamaSimpleMLP", attn_bias=False, block_size=512, flash_attention=False, mlp_bias=False, n_ctx=512,
+        n_embd=768, n_head=6, n_intermediate=3072, n_key_value_heads=6, n_layer=4, rms_norm_eps=1e-6,
+        rotary_adjacent_pairs=False, rotary_base=10000, rotary_dim=128, use_grouped_query_attention=True, vocab_size=50277,
+    )
+    assert _comptune_shapes(comptune_config_from_llama_simple_mlp(reference)) == _comptune_shapes(ComptuneLMConfig(**PILE_4L))
+
+
+def test_target_in_checkpoint_other_than_pile_4l_needs_its_config(tmp_path, target):
+    run = write_run(tmp_path / "run", "final_config.yaml", spd_config(LAYERWISE_CI), {1: reference_checkpoint(target, "layerwise")})
+    with pytest.raises(ValueError, match="other than the paper's Pile 4L"):
+        import_goodfire(run, tmp_path / "o")
+
+
+@pytest.mark.slow
+def test_pile_4l_target_is_built_from_the_checkpoint_alone(tmp_path):
+    """The paper's run layout: the 67M target only inside the checkpoint, as target_model.*."""
+    torch.manual_seed(0)
+    pile = build_pile_4l_target()
+    g = torch.Generator().manual_seed(1)
+    sd = {f"target_model.{k}": v for k, v in pile.state_dict().items()}
+    sd["_components.h-3-attn-v_proj.V"] = torch.randn(768, 8, generator=g)
+    sd["_components.h-3-attn-v_proj.U"] = torch.randn(8, 768, generator=g)
+    for name, shape in (("0.W", (8, 1, 4)), ("0.b", (8, 4)), ("2.W", (8, 4, 1)), ("2.b", (8, 1))):
+        sd[f"ci_fn._ci_fns.h-3-attn-v_proj.layers.{name}"] = torch.randn(*shape, generator=g)
+    config = {**spd_config(LAYERWISE_CI), "module_info": [{"module_pattern": "h.3.attn.v_proj", "C": 8}]}
+    run = write_run(tmp_path / "run", "final_config.yaml", config, {400000: sd})
+    decomposition = import_goodfire(run, tmp_path / "out")
+    assert decomposition.target.config.n_head == 6
+    assert torch.equal(decomposition.target_weight("h.3.attn.v_proj"), pile.h[3].attn.v_proj.weight)
+    assert torch.equal(decomposition.get_components("h.3.attn.v_proj").U, sd["_components.h-3-attn-v_proj.U"])
+    assert decomposition.provenance["saved_to"] == "target" and (tmp_path / "out" / "target" / "config.json").is_file()
