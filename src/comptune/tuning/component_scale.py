@@ -25,11 +25,11 @@ from typing import Any, Iterator, Mapping, NamedTuple
 import torch
 import torch.nn as nn
 from pydantic import Field
-from transformers.pytorch_utils import Conv1D
 
 from .._io import load_safetensors, save_safetensors_atomic, versions, write_json_atomic
 from ..config import StrictConfig
-from ..decomposition.components import parse_component_key
+from ..decomposition.components import linear_layout_weight, parse_component_key
+from ..decomposition.components import module_kind as _layer_kind
 from ..model.fingerprint import weights_fingerprint
 
 SIGN_CONVENTION = (
@@ -116,19 +116,10 @@ class ComponentScaleConfig(StrictConfig):
     ci_threshold: float | None = Field(default=None, ge=0.0, lt=1.0)
 
 
-def _layer_kind(layer: nn.Module) -> str:
-    if isinstance(layer, nn.Linear):
-        return "linear"
-    if isinstance(layer, Conv1D):
-        return "conv1d"
-    raise TypeError(f"ComponentScale wraps nn.Linear or transformers Conv1D layers, got {type(layer).__name__}")
-
-
 def _layer_dims(layer: nn.Module) -> tuple[int, int]:
-    """(d_in, d_out); Conv1D stores its weight transposed, [d_in, d_out]."""
-    if _layer_kind(layer) == "linear":
-        return layer.in_features, layer.out_features
-    return layer.weight.shape[0], layer.weight.shape[1]
+    """(d_in, d_out) of an nn.Linear or HF Conv1D (which stores its weight transposed)."""
+    d_out, d_in = linear_layout_weight(layer).shape
+    return d_in, d_out
 
 
 class ComponentScaleLayer(nn.Module):

@@ -14,14 +14,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
-from transformers.pytorch_utils import Conv1D
 
-from ..decomposition.components import parse_component_key
+from ..decomposition.components import SUPPORTED_MODULE_TYPES, linear_layout_weight, module_kind, parse_component_key
 from .component_scale import ComponentScaleConfig, apply_component_scale, module_keys
 from .config import TuneConfig
 from .svd import svd_components
@@ -40,11 +42,26 @@ class TunableModel:
     scalars: Callable[[], dict[str, float]] = field(default=dict)  # learned scalar per key ({} for LoRA)
     l1_penalty: Callable[[], torch.Tensor] | None = None  # Σ|s − 1| for the scalar methods
 
+    def save(self, out_dir: str | Path) -> Path:
+        """The trained edit as an adapter folder: ComponentScale's `save_adapter`, or peft's
+        `save_pretrained` (LoRA, IA3; adapter weights only). Written beside and renamed, so the
+        folder is either complete or absent."""
+        out_dir = Path(out_dir)
+        tmp = out_dir.parent / f".{out_dir.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if hasattr(self.model, "save_adapter"):
+            self.model.save_adapter(tmp)
+        else:
+            self.model.save_pretrained(str(tmp))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+        return out_dir
+
 
 def linear_module_paths(model: nn.Module) -> list[str]:
     """Every nn.Linear / Conv1D except the unembedding (embeddings are nn.Embedding already)."""
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and m is not out_emb]
+    return [name for name, m in model.named_modules() if isinstance(m, SUPPORTED_MODULE_TYPES) and m is not out_emb]
 
 
 def build_method(name: str, model: nn.Module, decomposition, selection, config: TuneConfig, *, decomposition_dir=None) -> TunableModel:
@@ -82,7 +99,7 @@ def build_method(name: str, model: nn.Module, decomposition, selection, config: 
             target_modules=targets,
             lora_dropout=0.0,
             bias="none",
-            fan_in_fan_out=any(isinstance(model.get_submodule(p), Conv1D) for p in targets),
+            fan_in_fan_out=any(module_kind(model.get_submodule(p)) == "conv1d" for p in targets),
         )
         return _peft_method(name, model, lora)
     raise ValueError(f"unknown method {name!r}; known: component_scale, svd_scale, neuron_scale, lora, lora_local")
@@ -120,10 +137,10 @@ def _neuron_scale(model: nn.Module, selection) -> TunableModel:
     paths = list(units)
     _check_linear_modules(model, paths)
     for path, js in units.items():
-        d_hidden = _in_features(model.get_submodule(path))
+        d_hidden = linear_layout_weight(model.get_submodule(path)).shape[1]
         if js is not None and max(js) >= d_hidden:
             raise ValueError(f"neuron key {path}:{max(js)} out of range: {path} reads {d_hidden} hidden units, valid 0..{d_hidden - 1}")
-    fan_in_fan_out = any(isinstance(model.get_submodule(p), Conv1D) for p in paths)
+    fan_in_fan_out = any(module_kind(model.get_submodule(p)) == "conv1d" for p in paths)
     tunable = _peft_method("neuron_scale", model, IA3Config(target_modules=paths, feedforward_modules=paths, fan_in_fan_out=fan_in_fan_out))
     peft_model = tunable.model
     ia3 = {path: peft_model.base_model.model.get_submodule(path).ia3_l["default"] for path in paths}  # [1, d_hidden]
@@ -145,7 +162,3 @@ def _neuron_scale(model: nn.Module, selection) -> TunableModel:
 
     tunable.scalars, tunable.l1_penalty = scalars, l1_penalty
     return tunable
-
-
-def _in_features(layer: nn.Module) -> int:
-    return layer.in_features if isinstance(layer, nn.Linear) else layer.weight.shape[0]

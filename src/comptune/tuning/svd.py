@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .component_scale import Components, _layer_kind
+from ..decomposition.components import linear_layout_weight
+from .component_scale import Components
 
 
 @torch.no_grad()
@@ -19,9 +20,7 @@ def svd_components(model: nn.Module, paths: list[str]) -> dict[str, Components]:
     out = {}
     for path in paths:
         layer = model.get_submodule(path)
-        W = layer.weight.double()
-        if _layer_kind(layer) == "conv1d":
-            W = W.T  # Conv1D stores [d_in, d_out]; work in the nn.Linear layout [d_out, d_in]
+        W = linear_layout_weight(layer).double()  # [d_out, d_in]
         left, sigma, right_t = torch.linalg.svd(W, full_matrices=False)  # W = left diag(σ) right_t
         dtype = layer.weight.dtype
         out[path] = Components(V=right_t.T.to(dtype).contiguous(), U=(left * sigma).T.to(dtype).contiguous())

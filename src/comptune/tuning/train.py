@@ -110,6 +110,9 @@ def tune(
     forget_stream / retain_stream: 1-D token-id tensors. On a non-finite loss, training stops, the
     parameters of the last finite step are restored and NonFiniteLossError is raised.
     """
+    n_ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if n_ctx is not None and config.seq_len > n_ctx:
+        raise ValueError(f"seq_len={config.seq_len} exceeds the model's context of {n_ctx} tokens; set seq_len ≤ {n_ctx}")
     if retain_stream.numel() < 2:
         raise ValueError(f"the retain set is empty ({retain_stream.numel()} tokens): the KL term needs retain text to protect")
     block, offset = take_budget(forget_stream, config.budget, config.seed)

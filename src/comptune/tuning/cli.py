@@ -1,0 +1,95 @@
+"""`comptune tune`: train one edit on the unlearning objective and save it with its result."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import get_args
+
+from .config import Method
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="train one edit (component scalars, SVD/neuron scalars, LoRA) to unlearn the forget text while keeping the retain text",
+        description="Train one edit with loss −min(CE_forget, ln|V|) + λ·KL(orig ‖ edited) on retain text (+ l1·Σ|s − 1|) "
+        "until the EMA of the loss plateaus. Writes OUT/edit/ (the adapter), optionally OUT/edit_lora/ (the exact PEFT "
+        "LoRA of a scalar edit) and, last, OUT/tune_result.json (config, seed, versions, steps, wall time, final scalars).",
+    )
+    p.add_argument("--config", type=Path, help="YAML file of TuneConfig fields; the flags below override it")
+    p.add_argument("--method", choices=get_args(Method))
+    p.add_argument("--keys", nargs="+", help="what to scale, '<module path>:<index>' (e.g. h.3.attn.v_proj:513)")
+    p.add_argument("--modules", nargs="+", help="scale every index of these modules instead (use with --l1)")
+    p.add_argument("--budget", type=int, help="number of forget tokens to train on (the study: 2 … 2048)")
+    p.add_argument("--seed", type=int, help="picks the forget block, retain batches and LoRA init")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lambda-retain", type=float, dest="lambda_retain")
+    p.add_argument("--l1", type=float, help="coefficient of Σ|s − 1| (scalar methods)")
+    p.add_argument("--lora-rank", type=int, dest="lora_rank")
+    p.add_argument("--lora-alpha", type=float, dest="lora_alpha")
+    p.add_argument("--ci-threshold", type=float, dest="ci_threshold", help="CI-gated scaling: scale only where CI exceeds this")
+    p.add_argument("--max-steps", type=int, dest="max_steps")
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seq-len", type=int, dest="seq_len", help="tokens per forget sequence and retain window (≤ the model's context)")
+    p.add_argument("--model", type=Path, default=None, help="target model folder (default: the bundled model)")
+    p.add_argument("--decomposition", type=Path, default=None, help="decomposition folder (default: the bundled one); used by component_scale")
+    p.add_argument("--forget", default="forget.de", help="bundled dataset name or text/JSONL path of the text to unlearn")
+    p.add_argument("--retain", default="retain.en", help="bundled dataset name or text/JSONL path of the text to keep")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must not hold a finished run)")
+    p.add_argument("--export-lora", action="store_true", help="also write a scalar edit as an exact PEFT LoRA to OUT/edit_lora")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_tune)
+
+
+_OVERRIDES = ("method", "budget", "seed", "lr", "lambda_retain", "l1", "lora_rank", "lora_alpha", "ci_threshold", "max_steps", "patience", "seq_len")
+
+
+def _tune(args) -> int:
+    from .._io import versions, write_json_atomic
+    from ..corpus.bundle import bundled_decomposition_dir, bundled_model_dir
+    from ..corpus.datasets import dataset_texts
+    from ..corpus.loading import token_stream
+    from ..model.loading import load_model_and_tokenizer
+    from .config import TuneConfig
+    from .train import tune
+
+    result_path = args.out / "tune_result.json"
+    if result_path.exists():
+        raise ValueError(f"{args.out} already holds a finished run ({result_path}); choose another --out")
+    fields = TuneConfig.from_file(args.config).model_dump() if args.config else {}
+    fields.update({k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None})
+    if args.keys or args.modules:
+        fields["selection"] = {"keys": args.keys or [], "modules": args.modules or []}
+    config = TuneConfig.model_validate(fields)
+    if args.export_lora and (config.method not in ("component_scale", "svd_scale") or config.ci_threshold is not None):
+        raise ValueError(f"--export-lora applies to ungated scalar edits (component_scale, svd_scale), not to method {config.method}"
+                         + (" with --ci-threshold" if config.ci_threshold is not None else ""))
+
+    model_dir = args.model or bundled_model_dir()
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    decomposition, decomposition_dir = None, None
+    if config.method == "component_scale":
+        from ..decomposition import Decomposition
+
+        decomposition_dir = args.decomposition or bundled_decomposition_dir()
+        decomposition = Decomposition.load(decomposition_dir, model)
+    forget = token_stream(tokenizer, dataset_texts(args.forget))
+    retain = token_stream(tokenizer, dataset_texts(args.retain))
+
+    tunable, result = tune(config, model, forget, retain, decomposition, decomposition_dir=decomposition_dir, progress=not args.no_progress)
+    tunable.save(args.out / "edit")
+    if args.export_lora:
+        tunable.model.export_peft_lora(args.out / "edit_lora")
+    write_json_atomic(result_path, {
+        "result": result.model_dump(mode="json"),
+        "inputs": {"model": str(model_dir), "decomposition": str(decomposition_dir) if decomposition_dir else None,
+                   "forget": args.forget, "retain": args.retain},
+        "versions": versions(),
+    })
+    print(f"{config.method}: {result.steps} steps ({result.stopped_reason}) in {result.wall_time_s:.1f}s, "
+          f"forget CE {result.final_forget_ce:.3f}, retain KL {result.final_retain_kl:.4f}")
+    if result.final_scalars and len(result.final_scalars) <= 16:
+        print("scalars: " + ", ".join(f"{k} {v:+.3f}" for k, v in result.final_scalars.items()))
+    print(f"edit saved to {args.out / 'edit'}, result to {result_path}")
+    return 0
