@@ -155,6 +155,22 @@ def test_disable_adapter_and_unload_restore_the_original():
         assert torch.equal(model(input_ids=ids).logits, base)
 
 
+def test_layer_merge_and_unmerge():
+    ids = ids_batch()
+    wrapped, _ = edited()
+    layer = wrapped.model.get_submodule("h.1.attn.v_proj")
+    w0 = layer.base_layer.weight.detach().clone()
+    with torch.no_grad():
+        edited_logits = wrapped(input_ids=ids).logits
+        for path in ("h.1.attn.v_proj", "h.0.mlp.c_fc"):
+            wrapped.model.get_submodule(path).merge()
+        assert torch.allclose(wrapped(input_ids=ids).logits, edited_logits, atol=1e-5)
+        assert not torch.allclose(layer.base_layer.weight, w0)
+        for path in ("h.1.attn.v_proj", "h.0.mlp.c_fc"):
+            wrapped.model.get_submodule(path).unmerge()
+    assert torch.allclose(layer.base_layer.weight, w0, atol=1e-6)
+
+
 def test_l1_penalty_and_module_keys():
     model = tiny_model()
     comps = random_components(model)
@@ -291,7 +307,7 @@ def test_load_refuses_another_model_and_another_decomposition(tmp_path):
 def test_bad_keys_name_valid_modules_and_index_range():
     model = tiny_model()
     comps = random_components(model)
-    with pytest.raises(ValueError, match=r"valid modules: h\.0\.attn\.q_proj, h\.0\.mlp\.c_fc"):
+    with pytest.raises(ValueError, match=r"valid modules \(index range\): h\.0\.attn\.q_proj \(0\.\.11\), h\.0\.mlp\.c_fc \(0\.\.11\)"):
         apply_component_scale(model, comps, ["h.3.attn.v_proj:1"])
     with pytest.raises(ValueError, match=r"12 subcomponents, valid indices 0\.\.11"):
         apply_component_scale(model, comps, ["h.1.attn.v_proj:12"])

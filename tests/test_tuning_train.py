@@ -18,6 +18,7 @@ from comptune.tuning import (
     retain_kl,
     take_budget,
     tune,
+    tuning_loss,
 )
 
 torch.set_num_threads(1)
@@ -182,6 +183,25 @@ def test_tune_stops_on_plateau(make_model):
     # lr so small that the EMA never improves by min_delta: stop after `patience` steps
     _, result = tune(scale_config(lr=1e-9, min_delta=1e-3, patience=4), model, forget, retain, components())
     assert result.stopped_reason == "plateau" and result.steps == 5
+
+
+def test_all_subcomponents_of_a_module_with_l1_and_forget_minibatches(make_model):
+    forget, retain = streams()
+    cfg = scale_config(selection=Selection(modules=["h.1.attn.v_proj"]), l1=0.5, budget=40, forget_batch_size=1, max_steps=6, patience=1000)
+    tunable, result = tune(cfg, make_model(), forget, retain, components())
+    assert sorted(result.final_scalars) == sorted(f"h.1.attn.v_proj:{c}" for c in range(8))
+    assert result.forget_tokens == 40 and result.steps == 6
+    assert float(tunable.l1_penalty().detach()) == pytest.approx(sum(abs(v - 1) for v in result.final_scalars.values()), rel=1e-5)
+
+
+def test_tuning_loss_adds_its_terms():
+    g = torch.Generator().manual_seed(0)
+    f_logits, r_logits, orig = (torch.randn(2, 5, 9, generator=g) for _ in range(3))
+    labels = torch.randint(0, 9, (2, 5), generator=g)
+    l1 = torch.tensor(1.7)
+    terms = tuning_loss(f_logits, labels, r_logits, orig, lambda_retain=3.0, l1_coef=0.2, l1_penalty=l1)
+    expected = -torch.clamp(next_token_ce(f_logits, labels), max=math.log(9)) + 3.0 * retain_kl(r_logits, orig) + 0.2 * l1
+    assert torch.allclose(terms.total, expected)
 
 
 def test_lora_runs_through_the_same_trainer(make_model):

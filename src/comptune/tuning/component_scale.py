@@ -79,7 +79,8 @@ def validate_keys(source: ComponentSource, keys: list[str]) -> dict[str, list[in
     for key in keys:
         path, idx = parse_component_key(key)
         if path not in paths:
-            raise ValueError(f"unknown component key {key!r}: module {path!r} is not in the decomposition; valid modules: {', '.join(paths)}")
+            valid = ", ".join(f"{p} (0..{source_components(source, p).V.shape[1] - 1})" for p in paths)
+            raise ValueError(f"unknown component key {key!r}: module {path!r} is not in the decomposition; valid modules (index range): {valid}")
         if path not in sizes:
             sizes[path] = source_components(source, path).V.shape[1]
         if idx >= sizes[path]:
