@@ -199,3 +199,7 @@ def test_cli_eval_and_rollout(tmp_path, model_dir, tokenizer, capsys):
     assert "model directory" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--data", f"{data}@fr", "--block-len", "8"]) == 2
     assert "languages present: de, en" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--data", "eval.xx"]) == 2
+    assert "not a bundled dataset (train.en" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--data", str(data), "--block-len", "64"]) == 2
+    assert "block length 64 exceeds the model's context of 32 tokens" in capsys.readouterr().err

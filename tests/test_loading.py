@@ -62,6 +62,8 @@ def test_jsonl_errors_name_the_problem(rows_jsonl_gz, tmp_path):
         load_texts(empty)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_texts(tmp_path / "missing.jsonl")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_texts("no_such_name")  # not `owner/name`: never sent to the Hub
     bad = tmp_path / "data.csv"
     bad.write_text("a,b\n")
     with pytest.raises(ValueError, match="unsupported file type"):
@@ -87,7 +89,7 @@ def test_saved_dataset_with_translation_column(tmp_path):
         load_texts(tmp_path / "single", text_column="translation")
     with pytest.raises(ValueError, match=r"has splits train; choose one"):
         load_texts(tmp_path / "dict", text_column="translation.de")
-    with pytest.raises(ValueError, match=r"column 'text' not in the dataset; columns: translation"):
+    with pytest.raises(ValueError, match=r"column 'text' not in .*single; columns: translation"):
         load_texts(tmp_path / "single")
     (tmp_path / "plain_dir").mkdir()
     with pytest.raises(ValueError, match="not a dataset written by `datasets` save_to_disk"):

@@ -5,7 +5,7 @@
   case the file is split on it (e.g. `separator="\\n\\n"` for blank-line-separated paragraphs);
 - `*.jsonl` / `*.jsonl.gz`: one JSON object per line;
 - a directory written by `datasets` `save_to_disk` (a `Dataset`, or a `DatasetDict` plus `split`);
-- otherwise a Hugging Face Hub dataset name (`datasets.load_dataset`, streamed; needs network).
+- otherwise a Hugging Face Hub dataset id `owner/name` (`datasets.load_dataset`, streamed; needs network).
 
 Column mapping for rows (JSONL and `datasets`): `text_column` names the text, and may be dotted to
 reach into nested dicts (`translation.de` for Europarl-style rows). `lang` selects a language:
@@ -31,8 +31,8 @@ import torch
 
 _TEXT_SUFFIXES = (".txt", ".txt.gz")
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
-# `name` or `owner/name`: what a Hub dataset id looks like (a missing local path usually does not)
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# `owner/name`: what a Hub dataset id looks like (a mistyped local file name does not)
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_texts(
@@ -69,12 +69,12 @@ def load_texts(
         raise ValueError(f"{name}: unsupported file type; use one of {', '.join(_TEXT_SUFFIXES + _JSONL_SUFFIXES)} "
                          "or a directory saved with `datasets` save_to_disk")
     elif path.is_dir():
-        texts = _select(_dataset_rows(_load_from_disk(path, split), text_column), name, **select)
+        texts = _select(_dataset_rows(_load_from_disk(path, split), text_column, name), name, **select)
     elif name.endswith(_TEXT_SUFFIXES + _JSONL_SUFFIXES) or not _HUB_NAME.match(name):
         raise FileNotFoundError(f"data file or directory {name} does not exist")
     else:
         name = f"Hub dataset {name}"
-        texts = _select(_dataset_rows(_load_from_hub(str(source), subset, split), text_column), name, **select)
+        texts = _select(_dataset_rows(_load_from_hub(str(source), subset, split), text_column, name), name, **select)
     texts = [t for t in texts if t.strip()][:limit]
     if not texts:
         lang_note = f" for lang={lang!r}" if lang else ""
@@ -143,13 +143,13 @@ def _pick_split(ds, split: str | None, what: str):
     return ds
 
 
-def _dataset_rows(ds, text_column: str) -> Iterator[dict]:
+def _dataset_rows(ds, text_column: str, what: str) -> Iterator[dict]:
     """Rows of a `datasets` Dataset (read in batches: fast) or streamed IterableDataset."""
     import datasets
 
     top = text_column.split(".")[0]
     if ds.column_names and top not in ds.column_names:  # a streamed dataset may not know its columns yet
-        raise ValueError(f"column {top!r} not in the dataset; columns: {', '.join(ds.column_names)}")
+        raise ValueError(f"column {top!r} not in {what}; columns: {', '.join(ds.column_names)}")
     if isinstance(ds, datasets.Dataset):
         for batch in ds.iter(batch_size=1024):
             for i in range(len(batch[top])):

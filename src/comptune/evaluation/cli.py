@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Mean cross-entropy in nats per predicted token of a causal LM on each dataset, with the "
         "chance line ln|V| and the number of tokens evaluated. Datasets are bundled names (eval.de, "
         "parallel.fr, general_en, code, ...) or sources understood by load_texts: .txt, .jsonl(.gz), a "
-        "`datasets` save_to_disk directory, or a Hub dataset name (online only); append @LANG to pick a "
+        "`datasets` save_to_disk directory, or a Hub dataset id owner/name (online only); append @LANG to pick a "
         "language, e.g. ./europarl@de with --text-column translation.",
     )
     p.add_argument("--model", help="model directory (save_pretrained, safetensors, tokenizer inside); default: the bundled model")

@@ -57,7 +57,7 @@ def context_length(model) -> int | None:
 
 def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None) -> EvalResult:
     """Evaluate `cfg.model` (or an already loaded `model` + `tokenizer`) on `cfg.data`."""
-    from ..corpus.bundle import DEFAULT_EVAL_DATASETS, bundled_model_dir
+    from ..corpus.bundle import BUNDLED_DATASETS, DEFAULT_EVAL_DATASETS, bundled_model_dir
     from ..corpus.datasets import dataset_blocks
     from ..model.loading import check_vocab, load_model_and_tokenizer
 
@@ -69,11 +69,17 @@ def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None) -> EvalResult:
     else:
         check_vocab(tokenizer, model)
         model_name = cfg.model or type(model).__name__  # cfg.model only labels an in-memory model
-    block_len = cfg.block_len or min(context_length(model) or 256, 256)
+    context = context_length(model)
+    block_len = cfg.block_len or min(context or 256, 256)
+    if context is not None and block_len > context:
+        raise ValueError(f"block length {block_len} exceeds the model's context of {context} tokens; lower --block-len")
     data = cfg.data or list(DEFAULT_EVAL_DATASETS)
     blocks = {}
     for spec in data:
         source, lang = parse_data_spec(spec)
+        if source not in BUNDLED_DATASETS and "/" not in source and not Path(source).exists():
+            raise ValueError(f"unknown dataset {source!r}: not a bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
+                             "and no such file or directory")
         blocks[spec] = dataset_blocks(source, tokenizer, block_len, max_blocks=cfg.max_blocks, lang=lang or cfg.lang,
                                       text_column=cfg.text_column, lang_column=cfg.lang_column, split=cfg.split,
                                       subset=cfg.subset)
