@@ -5,9 +5,9 @@ random token blocks of length 256. Each batch size evaluates the same blocks `ro
 one warm-up pass; the median round is reported. The machine may be shared (a training job):
 the load average at start and end is recorded beside the numbers.
 
-    .venv/bin/python benchmarks/bench_eval.py [--threads 2] [--blocks 64] [--rounds 3]
+    .venv/bin/python benchmarks/bench_eval.py [--threads 1 2] [--blocks 64] [--rounds 3]
 
-Writes benchmarks/results/eval_throughput.json (config, seed, versions, per-batch-size throughput).
+Writes benchmarks/results/eval_throughput.json (config, seed, versions, throughput per thread count and batch size).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ RESULTS = Path(__file__).parent / "results" / "eval_throughput.json"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to measure")
     parser.add_argument("--blocks", type=int, default=64, help="blocks evaluated per round")
     parser.add_argument("--block-len", type=int, default=256)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
@@ -37,7 +37,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = ComptuneLMConfig(vocab_size=8192, n_layer=4, d_model=128, n_head=4, d_mlp=512, n_ctx=args.block_len)
     model = ComptuneLMForCausalLM(cfg).eval()
@@ -45,11 +44,17 @@ def main() -> None:
 
     load_start = os.getloadavg()
     results = {}
-    for batch_size in args.batch_sizes:
-        evaluate_ce(model, {"random": blocks[:batch_size]}, batch_size=batch_size)  # warm-up
-        rates = [evaluate_ce(model, {"random": blocks}, batch_size=batch_size).tokens_per_s for _ in range(args.rounds)]
-        results[str(batch_size)] = {"median_tokens_per_s": statistics.median(rates), "rounds_tokens_per_s": rates}
-        print(f"batch {batch_size:>3}: {statistics.median(rates):,.0f} tokens/s (rounds: {', '.join(f'{r:,.0f}' for r in rates)})")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for batch_size in args.batch_sizes:
+            evaluate_ce(model, {"random": blocks[:batch_size]}, batch_size=batch_size)  # warm-up
+            rates = [evaluate_ce(model, {"random": blocks}, batch_size=batch_size).tokens_per_s for _ in range(args.rounds)]
+            results[f"threads={threads} batch={batch_size}"] = {
+                "threads": threads, "batch_size": batch_size,
+                "median_tokens_per_s": statistics.median(rates), "rounds_tokens_per_s": rates,
+            }
+            print(f"threads {threads} batch {batch_size:>3}: {statistics.median(rates):,.0f} tokens/s "
+                  f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)})")
 
     write_json_atomic(args.out, {
         "benchmark": "evaluate_ce throughput (forward tokens/s, no grad) by batch size",
