@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load drowns our own progress
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

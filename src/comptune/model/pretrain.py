@@ -69,14 +69,20 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 def sample_batch(streams: dict[str, torch.Tensor], cfg: PretrainConfig, gen: torch.Generator) -> torch.Tensor:
     """[batch_size, n_ctx] windows; each row's language drawn with the mix probabilities."""
-    langs = sorted(streams)
-    probs = torch.tensor([cfg.mix[lang] for lang in langs], dtype=torch.float64)
-    choice = torch.multinomial(probs, cfg.batch_size, replacement=True, generator=gen)
+    return mix_windows(streams, cfg.mix, cfg.batch_size, cfg.n_ctx, gen)
+
+
+def mix_windows(streams: dict[str, torch.Tensor], mix: dict[str, float], n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """[n, length] random windows of the token streams, each row's language drawn with the mix
+    probabilities — the pretraining mix, reused to decompose a model on its own training mix."""
+    langs = sorted(mix)
+    probs = torch.tensor([mix[lang] for lang in langs], dtype=torch.float64)
+    choice = torch.multinomial(probs, n, replacement=True, generator=gen)
     rows = []
     for i in choice.tolist():
         s = streams[langs[i]]
-        start = int(torch.randint(0, len(s) - cfg.n_ctx + 1, (1,), generator=gen))
-        rows.append(s[start : start + cfg.n_ctx])
+        start = int(torch.randint(0, len(s) - length + 1, (1,), generator=gen))
+        rows.append(s[start : start + length])
     return torch.stack(rows)
 
 
