@@ -11,10 +11,22 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from .._io import atomic_path  # noqa: E402
 
 MARKERS = "osD^vP*Xh<>"
+
+
+def _symlog_y(ax, linthresh: float) -> None:
+    """Symmetric log y axis (damage spans 0.001 … 10 nats, and can be negative) with plain tick labels."""
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def short_label(dataset: str) -> str:
+    """A dataset given as a file path is labelled by its file name without extensions."""
+    return Path(dataset).name.split(".")[0] if "/" in dataset else dataset
 
 
 def method_colors(methods: list[str]) -> dict[str, tuple]:
@@ -51,15 +63,15 @@ def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int], *, c
         ax.axvline(chance_gap, color="k", ls=":", lw=1)
         ax.axhline(max_damage, color="grey", ls="--", lw=0.8)
         ax.axhline(0, color="grey", lw=0.5)
-        ax.set_yscale("symlog", linthresh=0.1)
+        _symlog_y(ax, 0.1)
         ax.set_title(f"budget {budget} forget tokens", fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(budgets):]:
         ax.axis("off")
     for ax in axes[-1]:
-        ax.set_xlabel(f"{forget_label} CE increase (nats)")
+        ax.set_xlabel(f"{short_label(forget_label)} CE increase (nats)")
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"{retain_label} CE increase (nats)")
+        ax.set_ylabel(f"{short_label(retain_label)} CE increase (nats)")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     for ax in axes.flat[1 : len(budgets)]:  # a method may be missing from the first panel
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -67,7 +79,7 @@ def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int], *, c
                 handles.append(h)
                 labels.append(lab)
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), bbox_to_anchor=(0.5, 1.0 + 0.04 / nrows), frameon=False)
-    fig.suptitle(f"dotted: {forget_label} at chance; dashed: {max_damage:g} nats damage", y=-0.01, fontsize=9)
+    fig.suptitle(f"dotted: {short_label(forget_label)} at chance; dashed: {max_damage:g} nats damage", y=-0.01, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, stem)
 
@@ -84,8 +96,8 @@ def plot_off_target(rows: list[dict], methods: list[str], datasets: list[str], *
             xs = [i - 0.4 + width * (j + 0.5)] * len(ys)
             ax.scatter(xs, ys, s=18, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.8, label=m if i == 0 else None, edgecolors="none")
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_yscale("symlog", linthresh=0.1)
-    ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right")
+    _symlog_y(ax, 0.1)
+    ax.set_xticks(range(len(datasets)), [short_label(d) for d in datasets], rotation=30, ha="right")
     ax.set_ylabel("CE increase over base (nats)")
     ax.set_title(f"off-target CE increase at budget {budget}, one point per seed", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -99,16 +111,21 @@ def plot_scalars(rows: list[dict], methods: list[str], budgets: list[int], *, st
     colors = method_colors(methods)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(budgets) + 2), 3.8))
     width = 0.8 / max(len(methods), 1)
+    values = []
     for j, m in enumerate(methods):
         first = True
         for i, b in enumerate(budgets):
             ys = [s for r in rows if r["method"] == m and r["budget"] == b for s in r["final_scalars"].values()]
+            values += ys
             xs = [i - 0.4 + width * (j + 0.5)] * len(ys)
-            ax.scatter(xs, ys, s=14, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.7, label=m if first else None, edgecolors="none")
+            ax.scatter(xs, ys, s=14, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.7, label=m if first else None, edgecolors="none", zorder=3)
             first = False
-    ax.set_yscale("symlog", linthresh=1.0)
-    ax.axhspan(ax.get_ylim()[0], 0, color="tab:blue", alpha=0.06, lw=0)
-    ax.axhspan(1, ax.get_ylim()[1], color="tab:red", alpha=0.06, lw=0)
+    # always show both regimes: s < 0 (inverting) and s > 1 (amplifying)
+    lo, hi = min(values + [-1.0]) * 1.3, max(values + [2.0]) * 1.3
+    _symlog_y(ax, 1.0)
+    ax.set_ylim(lo, hi)
+    ax.axhspan(lo, 0, color="tab:blue", alpha=0.07, lw=0)
+    ax.axhspan(1, hi, color="tab:red", alpha=0.07, lw=0)
     ax.axhline(0, color="tab:blue", lw=0.8, ls=":")
     ax.axhline(1, color="grey", lw=0.8, ls="--")
     ax.text(1.01, 0.02, "inverting (s < 0)", transform=ax.transAxes, fontsize=8, color="tab:blue", va="bottom")

@@ -82,7 +82,7 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
     """{method name: {"selection": Selection dump, "ranking": [[key, score], ...] | None, "criterion": str}}.
 
     Statistics are computed once per basis and only if some method ranks in it."""
-    from ..corpus.datasets import dataset_blocks
+    from .sweep import sample_blocks
 
     sd = config.selection_data
     names = list(dict.fromkeys([sd.target, sd.reference, *sd.protected]))
@@ -103,7 +103,7 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
             resolved[spec.name] = {"selection": Selection(modules=modules).model_dump(), "ranking": None, "criterion": f"all of {modules}"}
             continue
         if blocks is None:
-            blocks = {n: dataset_blocks(n, tokenizer, sd.block_len, sd.max_blocks) for n in names}
+            blocks = {n: sample_blocks(n, tokenizer, sd.block_len, sd.max_blocks) for n in names}
         if spec.method == "component_scale":
             from ..inspection import component_stats as stats_fn, rank_by_difference, rank_by_specificity
 

@@ -79,7 +79,7 @@ class RunSpec:
 
 def load_inputs(config: SweepConfig) -> StudyInputs:
     """Load model, tokenizer, decomposition and token data; raise on anything the sweep cannot run with."""
-    from ..corpus.datasets import dataset_blocks, dataset_texts
+    from ..corpus.datasets import dataset_texts
     from ..corpus.loading import token_stream
     from ..model.loading import load_model_and_tokenizer
 
@@ -114,12 +114,36 @@ def load_inputs(config: SweepConfig) -> StudyInputs:
     s, e = config.scoring, config.eval
     eval_blocks = {}
     for name in [*config.eval_datasets, s.forget_valid, s.retain_valid]:
-        blocks = dataset_blocks(name, tokenizer, e.block_len, e.max_blocks)
-        if blocks.numel() == 0:
-            raise ValueError(f"dataset {name!r} has no block of {e.block_len} tokens to evaluate; lower eval.block_len")
-        eval_blocks[name] = blocks
+        eval_blocks[name] = sample_blocks(name, tokenizer, e.block_len, e.max_blocks)
     vocab_size = model.get_output_embeddings().weight.shape[0]
     return StudyInputs(model, tokenizer, decomposition, forget_stream, retain_stream, eval_blocks, vocab_size)
+
+
+# generous: BPE averages 3–5 characters per token, so this always yields max_blocks full blocks
+_CHARS_PER_TOKEN_BOUND = 16
+
+
+def sample_blocks(name: str, tokenizer, block_len: int, max_blocks: int) -> torch.Tensor:
+    """[≤ max_blocks, block_len] blocks of a dataset, tokenizing only a spread-out sample of its text.
+
+    The bundled training splits hold tens of MB of text; tokenizing all of it to keep a few dozen
+    blocks would dominate a sweep's start-up. Documents are taken with a stride through the whole
+    dataset until about `max_blocks · block_len · 16` characters are collected."""
+    from ..corpus.datasets import dataset_texts
+    from ..corpus.loading import tokenize_to_blocks
+
+    texts = dataset_texts(name)
+    want = max_blocks * block_len * _CHARS_PER_TOKEN_BOUND
+    total = sum(len(t) for t in texts)
+    if total > want:
+        picked, n = [], 0
+        for t in texts[:: max(1, total // want)]:
+            picked.append(t[: want - n])
+            n += len(picked[-1])
+            if n >= want:
+                break
+        texts = picked
+    return tokenize_to_blocks(tokenizer, texts, block_len, max_blocks=max_blocks)
 
 
 def plan_runs(config: SweepConfig, selections: dict[str, dict]) -> list[RunSpec]:
