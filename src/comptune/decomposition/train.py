@@ -17,6 +17,7 @@ global batch is split across ranks, masks and adversaries are per rank, rank 0 w
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -154,13 +155,14 @@ def batch_indices(step: int, n: int, global_batch: int, seed: int, rank: int, wo
     """This rank's rows of the global batch at `step`: a fresh seeded permutation every epoch, the
     global batch split across ranks. A pure function of the step, so a resumed run sees the same data."""
     local = global_batch // world_size
-    first = step * global_batch + rank * local
-    rows = []
-    for k in range(first, first + local):
-        epoch, i = divmod(k, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        rows.append(perm[i])
-    return torch.stack(rows)
+    k = torch.arange(step * global_batch + rank * local, step * global_batch + (rank + 1) * local)
+    epochs, pos = k // n, k % n
+    return torch.cat([_epoch_permutation(n, seed, int(e))[pos[epochs == e]] for e in epochs.unique()])
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 class _StopRequested:
@@ -444,10 +446,13 @@ def _ppgd_ascend(ppgd: PersistentPGD, decomposition, batch, target_out, ci_lower
 
 
 def _read_checkpoint(path: Path, config: DecomposeConfig, world_size: int) -> tuple[dict, dict]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("state", "{}"))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("state", "{}"))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"checkpoint {path} is not a valid safetensors file ({e}); delete it to start afresh") from e
     if "step" not in meta:
         raise ValueError(f"{path} is not a decompose checkpoint (no training state in its metadata)")
     changed = _changed_fields(meta["config"], config.model_dump(mode="json"))

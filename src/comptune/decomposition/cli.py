@@ -1,0 +1,127 @@
+"""`comptune decompose` (train or resume a decomposition) and `comptune decomposition report`.
+
+Data-parallel: `torchrun --nproc_per_node=N $(which comptune) decompose ...` runs the same command
+on N processes (gloo on CPU, NCCL on GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decompose", help="decompose a model's linear weights into rank-1 subcomponents (VPD/SPD); resumable")
+    p.add_argument("--model", type=Path, required=True, help="target model folder (save_pretrained layout, safetensors)")
+    p.add_argument("--data", required=True, help="training text: a bundled dataset name, a text/JSONL path, or a .safetensors file with a `blocks` [N, T] tensor")
+    p.add_argument("--eval-data", help="held-out data for the periodic quality figures (same forms as --data)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (decomposition, logs, checkpoint)")
+    p.add_argument("--preset", choices=["paper", "small"], default="paper", help="starting config; --config overrides its fields")
+    p.add_argument("--config", type=Path, help="YAML with DecomposeConfig fields (unknown keys are an error)")
+    p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    p.add_argument("--block-len", type=int, default=128, help="tokens per block when tokenizing text")
+    p.add_argument("--max-blocks", type=int, help="cap on training blocks")
+    p.add_argument("--eval-blocks", type=int, default=32, help="cap on evaluation blocks")
+    p.set_defaults(func=_decompose)
+
+    saved = sub.add_parser("decomposition", help="work with a saved decomposition").add_subparsers(dest="decomposition_command", metavar="COMMAND", required=True)
+    r = saved.add_parser("report", help="quality figures (spec §6): CE target/unmasked/stochastic/CI-masked/rounded, L0, alive, PGD KL")
+    r.add_argument("decomposition", type=Path, help="decomposition folder")
+    r.add_argument("--model", type=Path, help="target model folder (default: the one recorded in the decomposition)")
+    r.add_argument("--data", required=True, help="held-out data (same forms as for decompose)")
+    r.add_argument("--block-len", type=int, default=128)
+    r.add_argument("--blocks", type=int, default=64, help="cap on evaluation blocks")
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--pgd-steps", type=int, default=20)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", type=Path, help="also write the report as JSON here")
+    r.set_defaults(func=_report)
+
+    try:
+        from . import goodfire
+    except ModuleNotFoundError:
+        return
+    if hasattr(goodfire, "register"):  # `comptune import-goodfire`
+        goodfire.register(sub)
+
+
+def load_blocks(data: str, tokenizer, block_len: int, max_blocks: int | None):
+    """The one input adapter: token blocks [N, T] from a .safetensors `blocks` tensor or from text."""
+    import torch
+
+    if data.endswith(".safetensors"):
+        from .._io import load_safetensors
+
+        tensors = load_safetensors(data)
+        if "blocks" not in tensors:
+            raise ValueError(f"{data} has no `blocks` tensor (found {sorted(tensors)[:5]}); save token ids [N, T] under the key 'blocks'")
+        blocks = tensors["blocks"]
+        if blocks.ndim != 2 or blocks.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"`blocks` in {data} must be an integer tensor [N, T], got {blocks.dtype} {tuple(blocks.shape)}")
+        return blocks.long()[:max_blocks]
+    from ..corpus.datasets import dataset_blocks
+
+    return dataset_blocks(data, tokenizer, block_len, max_blocks=max_blocks)
+
+
+def _load_config(preset: str, path: Path | None):
+    import yaml
+
+    from .train import DecomposeConfig
+
+    base = DecomposeConfig.preset(preset).model_dump()
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        overrides = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"config file {path} must hold a mapping of DecomposeConfig fields")
+        if isinstance(overrides.get("ci"), dict):  # a partial `ci:` refines the preset's CI function
+            overrides["ci"] = {**base["ci"], **overrides["ci"]}
+        base.update(overrides)
+    return DecomposeConfig.model_validate(base)
+
+
+def _decompose(args) -> int:
+    from ..model.loading import load_model_and_tokenizer
+    from .train import decompose
+
+    config = _load_config(args.preset, args.config)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    blocks = load_blocks(args.data, tokenizer, args.block_len, args.max_blocks)
+    eval_blocks = load_blocks(args.eval_data, tokenizer, args.block_len, args.eval_blocks) if args.eval_data else None
+    d = decompose(model, blocks, config, args.out, resume=args.resume, eval_blocks=eval_blocks)
+    if d.provenance.get("completed"):
+        print(f"decomposition written to {args.out}")
+        return 0
+    return 130  # stopped early (signal or time limit); --resume continues
+
+
+def _report(args) -> int:
+    from .._io import versions, write_json_atomic
+    from ..model.loading import load_model_and_tokenizer
+    from .decomposed import META_NAME, Decomposition
+    from .report import format_report, quality_report
+
+    model_dir = args.model
+    if model_dir is None:
+        meta_path = args.decomposition / META_NAME
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{args.decomposition} is not a decomposition folder: {META_NAME} is missing")
+        recorded = json.loads(meta_path.read_text())["target"].get("name_or_path")
+        if not recorded or not Path(recorded).is_dir():
+            raise ValueError(f"the decomposition does not record a target folder that exists here ({recorded!r}); pass --model")
+        model_dir = Path(recorded)
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    decomposition = Decomposition.load(args.decomposition, model)
+    blocks = load_blocks(args.data, tokenizer, args.block_len, args.blocks)
+    report = quality_report(decomposition, blocks, batch_size=args.batch_size, pgd_steps=args.pgd_steps, seed=args.seed)
+    print(format_report(report))
+    result = {"decomposition": str(args.decomposition), "model": str(model_dir), "data": args.data, "block_len": int(blocks.shape[1]),
+              "seed": args.seed, "report": report, "versions": versions()}
+    print(json.dumps(result["report"], indent=1))
+    if args.out:
+        write_json_atomic(args.out, result)
+        print(f"report written to {args.out}")
+    return 0

@@ -1,0 +1,395 @@
+"""Decomposition engine: sigmoid gradients, exactness of the masked forward (Linear and Conv1D),
+losses and masks, the adversary, save/load with its errors, the quality report, config checks."""
+
+import json
+import math
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from comptune.decomposition import (
+    CIConfig,
+    Decomposition,
+    LinearComponents,
+    format_component_key,
+    lower_leaky_hard_sigmoid,
+    parse_component_key,
+    upper_leaky_hard_sigmoid,
+)
+from comptune.decomposition.losses import (
+    PersistentPGD,
+    eval_pgd_kl,
+    kl_target_to_masked,
+    masks_from_sources,
+    minimality_loss,
+    sample_subset_routing,
+)
+from comptune.decomposition.report import quality_report
+from comptune.decomposition.train import DecomposeConfig
+from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+
+torch.set_num_threads(1)
+
+VOCAB = 64
+SMALL_CI = CIConfig(d_model=32, n_blocks=1, n_heads=2, d_ff=64)
+LAYERWISE_CI = CIConfig(type="layerwise_mlp", hidden_dims=[8])
+PATTERNS = {"h.*.attn.*_proj": 24, "h.*.mlp.*": 40}
+
+
+def tiny_lm(seed=0):
+    torch.manual_seed(seed)
+    return ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=VOCAB, n_layer=2, d_model=32, n_head=2, d_mlp=64, n_ctx=32)).eval()
+
+
+def tiny_gpt2(seed=0):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
+
+
+def ids(seed=1, B=2, T=12):
+    return torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+class OneLinear(nn.Module):
+    """A target whose output is a single (biased) layer's output, to check the masked formula directly."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+# ----- sigmoids --------------------------------------------------------------------------------
+
+
+def test_lower_leaky_hard_sigmoid_forward_and_sign_gated_leak():
+    z = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.0, 1.5, -1.0, 2.0], requires_grad=True)
+    alpha = 0.01
+    y = lower_leaky_hard_sigmoid(z, alpha)
+    assert torch.equal(y, z.detach().clamp(0, 1))
+    grad_out = torch.tensor([-1.0, 2.0, -3.0, 4.0, -5.0, 6.0, 7.0, -8.0])
+    (g,) = torch.autograd.grad(y, z, grad_out)
+    # z ≤ 0: α·grad only where the incoming gradient is negative; (0, 1]: grad; > 1: blocked
+    expected = torch.tensor([alpha * -1.0, 0.0, alpha * -3.0, 4.0, -5.0, 0.0, 0.0, 0.0])
+    assert torch.allclose(g, expected)
+
+
+def test_upper_leaky_hard_sigmoid_matches_definition():
+    z = torch.tensor([-2.0, -0.5, 0.25, 1.0, 3.0], requires_grad=True)
+    y = upper_leaky_hard_sigmoid(z, 0.1)
+    assert torch.allclose(y, torch.tensor([0.0, 0.0, 0.25, 1.0, 1.2]))
+    (g,) = torch.autograd.grad(y.sum(), z)
+    assert torch.allclose(g, torch.tensor([0.0, 0.0, 1.0, 1.0, 0.1]))
+
+
+# ----- parametrisation and masked forward ------------------------------------------------------
+
+
+def test_component_keys_round_trip_and_reject_garbage():
+    assert parse_component_key(format_component_key("h.3.attn.v_proj", 513)) == ("h.3.attn.v_proj", 513)
+    for bad in ["h.3.attn.v_proj", "h.3.attn.v_proj:x", ":3"]:
+        with pytest.raises(ValueError, match="module path"):
+            parse_component_key(bad)
+
+
+def test_linear_components_shapes_and_weight_layout():
+    comps = LinearComponents(d_in=5, d_out=3, C=7)
+    assert comps.V.shape == (5, 7) and comps.U.shape == (7, 3)
+    x = torch.randn(2, 4, 5)
+    assert torch.allclose(comps(x, torch.ones(2, 4, 7)), x @ comps.weight().T, atol=1e-6)
+    assert comps.inner_acts(x).shape == (2, 4, 7)
+
+
+@pytest.mark.parametrize("make", [tiny_lm, tiny_gpt2], ids=["llama-style Linear", "gpt2 Conv1D"])
+@pytest.mark.parametrize("ci", [SMALL_CI, LAYERWISE_CI], ids=["global", "layerwise"])
+def test_masks_one_with_delta_reproduce_target(make, ci):
+    model = make()
+    patterns = PATTERNS if make is tiny_lm else {"transformer.h.*.attn.c_*": 24, "transformer.h.*.mlp.c_*": 40}
+    d = Decomposition.create(model, patterns, ci)
+    x = ids()
+    target = d.target_logits(x)
+    ones = {p: torch.ones(*x.shape, d.C(p)) for p in d.module_paths}
+    full_delta = {p: torch.ones(x.shape) for p in d.module_paths}
+    assert torch.allclose(d.masked_logits(x, ones, full_delta), target, atol=1e-5)
+    # without Δ the random components are far from W: the output must move
+    assert (d.masked_logits(x, ones) - target).abs().max() > 1e-2
+    # the CI function sees every decomposed module and gives values in [0, 1]
+    ci_out = d.causal_importance(x)
+    assert set(ci_out.lower) == set(d.module_paths)
+    for p in d.module_paths:
+        assert ci_out.lower[p].shape == (*x.shape, d.C(p))
+        assert 0 <= ci_out.lower[p].min() and ci_out.lower[p].max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_masked_output_formula_and_delta_gap(kind):
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 4, bias=True) if kind == "linear" else Conv1D(4, 6)
+    if kind == "conv1d":
+        nn.init.normal_(layer.bias)
+    d = Decomposition.create(OneLinear(layer), {"layer": 5}, LAYERWISE_CI)
+    assert d.get_components("layer").kind == kind
+    x = torch.randn(3, 7, 6)
+    W = d.target_weight("layer")  # [d_out, d_in]
+    assert W.shape == (4, 6)
+    comps = d.get_components("layer")
+    delta = d.delta("layer").detach()
+    assert torch.equal(delta, (W - comps.weight()).detach())
+    m = torch.rand(3, 7, 5)
+    m_delta = torch.rand(3, 7)
+    a = x @ comps.V
+    expected = (a * m) @ comps.U + m_delta[..., None] * (x @ delta.T) + layer.bias
+    got = d.masked_logits(x, {"layer": m}, {"layer": m_delta})
+    assert torch.allclose(got, expected, atol=1e-5)
+    # Δ excluded: the gap to the target is exactly the Δ contribution
+    ones = torch.ones(3, 7, 5)
+    gap = d.target_logits(x) - d.masked_logits(x, {"layer": ones})
+    assert torch.allclose(gap, x @ delta.T, atol=1e-5)
+
+
+def test_routing_keeps_original_weight_where_unrouted():
+    d = Decomposition.create(tiny_lm(), PATTERNS, SMALL_CI)
+    x = ids()
+    zeros = {p: torch.zeros(*x.shape, d.C(p)) for p in d.module_paths}
+    nowhere = {p: torch.zeros(x.shape, dtype=torch.bool) for p in d.module_paths}
+    assert torch.equal(d.masked_logits(x, zeros, routing=nowhere), d.target_logits(x))
+    # routing only the last position changes only logits at the last position (causal model)
+    last = {p: torch.zeros(x.shape, dtype=torch.bool) for p in d.module_paths}
+    for r in last.values():
+        r[:, -1] = True
+    out = d.masked_logits(x, zeros, routing=last)
+    target = d.target_logits(x)
+    assert torch.equal(out[:, :-1], target[:, :-1]) and not torch.allclose(out[:, -1], target[:, -1])
+
+
+def test_gradients_reach_components_and_ci_but_not_target():
+    model = tiny_lm()
+    d = Decomposition.create(model, PATTERNS, SMALL_CI)
+    x = ids()
+    ci = d.causal_importance(x)
+    logits = d.masked_logits(x, ci.lower)
+    kl_target_to_masked(logits, ci.target_logits).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.component_parameters())
+    assert all(p.grad is not None for p in d.ci_fn.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+
+
+# ----- bad input ---------------------------------------------------------------------------
+
+
+def test_bad_patterns_and_C_give_clear_errors():
+    model = tiny_lm()
+    with pytest.raises(ValueError, match=r"matches no module.*h\.0\.attn\.q_proj"):
+        Decomposition.create(model, {"h.*.attn.nothing": 8})
+    with pytest.raises(ValueError, match="RMSNorm.*only nn.Linear and transformers Conv1D"):
+        Decomposition.create(model, {"h.0.rms_1": 8})
+    with pytest.raises(ValueError, match="Embedding"):
+        Decomposition.create(model, {"wte": 8})
+    for bad_c in (0, -3):
+        with pytest.raises(ValueError, match="positive"):
+            Decomposition.create(model, {"h.0.attn.q_proj": bad_c})
+    with pytest.raises(ValueError, match="matched by two patterns"):
+        Decomposition.create(model, {"h.0.attn.*": 8, "h.0.attn.q_proj": 4})
+    d = Decomposition.create(model, {"h.0.attn.q_proj": 4}, SMALL_CI)
+    with pytest.raises(KeyError, match="not decomposed"):
+        d.masked_logits(ids(), {"h.1.attn.q_proj": torch.ones(1)})
+    with pytest.raises(KeyError, match="not decomposed"):
+        d.get_components("h.9.attn.q_proj")
+
+
+def test_ci_config_rejects_unknown_keys_and_bad_sizes():
+    with pytest.raises(ValueError, match="extra"):
+        CIConfig(d_modle=32)
+    with pytest.raises(ValueError, match="divisible"):
+        CIConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="unknown preset"):
+        DecomposeConfig.preset("huge")
+    with pytest.raises(ValueError, match="positive"):
+        DecomposeConfig(patterns={"h.*": 0})
+    small = DecomposeConfig.preset("small", steps=10)
+    assert small.steps == 10 and small.ci.d_model == 256 and DecomposeConfig.preset("paper") == DecomposeConfig()
+
+
+# ----- save / load -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make,patterns,ci", [
+    (tiny_lm, PATTERNS, SMALL_CI),
+    (tiny_lm, {"h.1.mlp.c_fc": 16}, LAYERWISE_CI),
+    (tiny_gpt2, {"transformer.h.0.attn.c_attn": 12, "transformer.h.1.mlp.c_proj": 20}, SMALL_CI),
+], ids=["global", "layerwise", "conv1d"])
+def test_save_load_round_trip(tmp_path, make, patterns, ci):
+    model = make()
+    d = Decomposition.create(model, patterns, ci)
+    d.config = {"note": "x"}
+    d.save(tmp_path)
+    meta = json.loads((tmp_path / "decomposition.json").read_text())
+    assert meta["format"] == "comptune-decomposition" and meta["format_version"] == 1
+    assert set(meta["modules"]) == set(d.module_paths) and meta["ci_fn"]["type"] == ci.type
+    assert meta["versions"]["torch"] == torch.__version__
+    loaded = Decomposition.load(tmp_path, make())  # a fresh copy of the same model
+    assert loaded.module_paths == d.module_paths and loaded.config == {"note": "x"}
+    for p in d.module_paths:
+        assert torch.equal(loaded.get_components(p).V, d.get_components(p).V)
+        assert loaded.get_components(p).kind == d.get_components(p).kind
+    x = ids()
+    a, b = d.causal_importance(x), loaded.causal_importance(x)
+    for p in d.module_paths:
+        assert torch.equal(a.lower[p], b.lower[p])
+
+
+def test_load_rejects_other_targets_and_broken_files(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = Decomposition.create(tiny_lm(), PATTERNS, SMALL_CI)
+    d.save(tmp_path)
+    with pytest.raises(ValueError, match="fingerprint.*different values"):
+        Decomposition.load(tmp_path, tiny_lm(seed=5))
+    wider = ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=VOCAB, n_layer=2, d_model=32, n_head=2, d_mlp=48, n_ctx=32))
+    with pytest.raises(ValueError, match=r"h\.0\.mlp\.c_fc.*d_out=48.*d_out=64"):
+        Decomposition.load(tmp_path, wider)
+    shallow = ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=VOCAB, n_layer=1, d_model=32, n_head=2, d_mlp=64, n_ctx=32))
+    with pytest.raises(ValueError, match=r"modules the target does not have.*h\.1\."):
+        Decomposition.load(tmp_path, shallow)
+    tensors = load_file(str(tmp_path / "decomposition.safetensors"))
+    save_file({k: v for k, v in tensors.items() if k != "components.h.1.mlp.c_fc.U"}, str(tmp_path / "decomposition.safetensors"))
+    with pytest.raises(ValueError, match=r"missing tensors \['components\.h\.1\.mlp\.c_fc\.U'\]"):
+        Decomposition.load(tmp_path, tiny_lm())
+    save_file({**tensors, "components.h.7.mlp.c_fc.V": torch.zeros(1)}, str(tmp_path / "decomposition.safetensors"))
+    with pytest.raises(ValueError, match=r"not listed.*h\.7\.mlp"):
+        Decomposition.load(tmp_path, tiny_lm())
+    with pytest.raises(FileNotFoundError, match="decomposition.json is missing"):
+        Decomposition.load(tmp_path / "nowhere", tiny_lm())
+
+
+class _Boom:
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (str(_Boom.marker),))
+
+
+def test_pickle_disguised_as_weights_is_never_executed(tmp_path):
+    d = Decomposition.create(tiny_lm(), {"h.0.attn.q_proj": 4}, SMALL_CI)
+    d.save(tmp_path)
+    _Boom.marker = tmp_path / "pwned"
+    (tmp_path / "decomposition.safetensors").write_bytes(pickle.dumps({"components.h.0.attn.q_proj.V": _Boom()}))
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        Decomposition.load(tmp_path, tiny_lm())
+    assert not _Boom.marker.exists()
+
+
+# ----- losses, masks, adversary ------------------------------------------------------------
+
+
+def test_kl_direction_is_target_to_masked():
+    target = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    masked = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))
+    p, q = target.exp(), masked.exp()
+    forward_kl = (p * (p.log() - q.log())).sum()
+    reverse_kl = (q * (q.log() - p.log())).sum()
+    got = kl_target_to_masked(masked, target)
+    assert torch.allclose(got, forward_kl) and not torch.allclose(got, reverse_kl)
+
+
+def test_minimality_matches_formula():
+    g = torch.tensor([[[0.0, 0.5], [1.0, 0.25]]])  # [B=1, T=2, C=2]
+    p, beta = 0.5, 0.5
+    s = (g + 1e-12).pow(p).sum((0, 1))
+    expected = (s / 2 + beta * (s / 2) * torch.log2(1 + s)).sum()
+    assert torch.allclose(minimality_loss({"m": g}, p, beta), expected)
+    # doubling the world size scales the count inside the log only
+    expected_ws = (s / 2 + beta * (s / 2) * torch.log2(1 + 2 * s)).sum()
+    assert torch.allclose(minimality_loss({"m": g}, p, beta, world_size=2), expected_ws)
+
+
+def test_masks_from_sources_and_subset_routing():
+    g = torch.tensor([[[0.0, 1.0, 0.5]]])
+    r = torch.tensor([[[0.5, 0.2, 0.5, 0.9]]])
+    masks, delta = masks_from_sources({"m": g}, {"m": r})
+    assert torch.allclose(masks["m"], torch.tensor([[[0.5, 1.0, 0.75]]])) and torch.allclose(delta["m"], torch.tensor([[0.9]]))
+    paths = [f"m{i}" for i in range(4)]
+    routing = sample_subset_routing(paths, (200, 50), "cpu", torch.Generator().manual_seed(0))
+    k = torch.stack([routing[p] for p in paths]).sum(0)  # routed modules per position
+    assert k.min() >= 1 and k.max() <= 4
+    freq = torch.bincount(k.flatten(), minlength=5)[1:].float() / k.numel()
+    assert torch.allclose(freq, torch.full((4,), 0.25), atol=0.02)  # k ~ Uniform{1..4}
+    per_module = torch.stack([routing[p].float().mean() for p in paths])
+    assert torch.allclose(per_module, torch.full((4,), 0.625), atol=0.02)  # E[k]/L = 2.5/4
+
+
+def test_persistent_pgd_ascends_stays_in_range_and_round_trips():
+    d = Decomposition.create(tiny_lm(), PATTERNS, SMALL_CI)
+    x = ids()
+    ci = d.causal_importance(x)
+    C = {p: d.C(p) for p in d.module_paths}
+    ppgd = PersistentPGD(C, x.shape, "cpu", torch.Generator().manual_seed(0))
+    before = ppgd.loss(d, x, ci.target_logits, ci.lower).item()
+    ppgd.ascend(d, x, ci.target_logits, ci.lower, lr=0.05, n_steps=10)
+    after = ppgd.loss(d, x, ci.target_logits, ci.lower).item()
+    assert after > before
+    assert all(0 <= s.min() and s.max() <= 1 and s.shape == (*x.shape, C[p] + 1) for p, s in ppgd.sources.items())
+    assert all(p.grad is None for p in d.component_parameters())  # the ascent never trains the decomposition
+    other = PersistentPGD(C, x.shape, "cpu", torch.Generator().manual_seed(1))
+    other.load_state_tensors(ppgd.state_tensors())
+    assert other.t == 10 and all(torch.equal(other.exp_avg_sq[p], ppgd.exp_avg_sq[p]) for p in C)
+    with pytest.raises(ValueError, match="batch size or C changed"):
+        PersistentPGD(C, (1, 12), "cpu").load_state_tensors(ppgd.state_tensors())
+
+
+def test_eval_pgd_finds_worse_masks_than_its_random_start():
+    d = Decomposition.create(tiny_lm(), PATTERNS, SMALL_CI)
+    x = ids()
+    with torch.no_grad():
+        ci = d.causal_importance(x)
+    g = torch.Generator().manual_seed(3)  # the same seed as eval_pgd_kl below: identical starting sources
+    sources = {p: torch.rand((1, 1, d.C(p) + 1), generator=g) for p in d.module_paths}
+    masks, delta = masks_from_sources(ci.lower, sources)
+    with torch.no_grad():
+        kl_start = kl_target_to_masked(d.masked_logits(x, masks, delta), ci.target_logits).item()
+    assert eval_pgd_kl(d, x, ci.target_logits, ci.lower, 20, 0.1, torch.Generator().manual_seed(3)) > kl_start
+
+
+# ----- quality report ----------------------------------------------------------------------
+
+
+def test_quality_report_exact_components_reproduce_target():
+    model = tiny_lm()
+    d = Decomposition.create(model, {"h.0.attn.v_proj": 32, "h.1.mlp.down_proj": 32}, SMALL_CI)
+    with torch.no_grad():  # exact components from the SVD: Δ = 0 up to float error
+        for p in d.module_paths:
+            U_, S, Vh = torch.linalg.svd(d.target_weight(p), full_matrices=False)
+            comps = d.get_components(p)
+            comps.V.copy_(Vh[:32].T * S[:32])
+            comps.U.copy_(U_[:, :32].T)
+    blocks = torch.randint(0, VOCAB, (5, 12), generator=torch.Generator().manual_seed(0))
+    r = quality_report(d, blocks, batch_size=2, pgd_steps=3)
+    assert r["n_tokens"] == 60
+    assert r["ce"]["unmasked"] == pytest.approx(r["ce"]["target"], abs=1e-4)
+    assert r["ce"]["target"] == pytest.approx(_ce(model, blocks), abs=1e-5)
+    assert r["kl"]["unmasked"] < 1e-6
+    assert set(r["ce"]) >= {"target", "unmasked", "stochastic", "ci_masked", "rounded_0.0", "rounded_0.1", "rounded_0.5"}
+    ci = d.causal_importance(blocks)
+    assert r["l0"]["h.0.attn.v_proj"] == pytest.approx((ci.lower["h.0.attn.v_proj"] > 0).float().sum(-1).mean().item(), rel=1e-5)
+    assert r["l0"]["total"] == pytest.approx(r["l0"]["h.0.attn.v_proj"] + r["l0"]["h.1.mlp.down_proj"])
+    assert 0 <= r["alive"]["total"] <= 64 and r["C"]["total"] == 64 and r["pgd_kl"] >= 0
+
+
+def _ce(model, blocks):
+    logits = model(blocks).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), blocks[:, 1:].flatten()).item()
+
+
+def test_quality_report_rejects_bad_blocks():
+    d = Decomposition.create(tiny_lm(), {"h.0.attn.v_proj": 4}, SMALL_CI)
+    with pytest.raises(ValueError, match=r"\[N, T\]"):
+        quality_report(d, torch.zeros(5, dtype=torch.long))
+    assert math.isfinite(quality_report(d, torch.zeros(1, 2, dtype=torch.long), pgd_steps=1)["pgd_kl"])

@@ -1,0 +1,71 @@
+"""`comptune decompose` and `comptune decomposition report` end to end on a tiny model written to disk."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comptune.cli import main
+from comptune.decomposition import Decomposition
+from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+from comptune.tokenizer import train_tokenizer
+
+torch.set_num_threads(1)
+
+TEXT = "The committee has examined the proposal and the member states have adopted it. Die Kommission hat geprüft. " * 30
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decompose_cli")
+    tokenizer = train_tokenizer([TEXT], vocab_size=300)
+    torch.manual_seed(0)
+    model = ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=300, n_layer=2, d_model=32, n_head=2, d_mlp=64, n_ctx=64))
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    (root / "text.txt").write_text(TEXT)
+    (root / "config.yaml").write_text(
+        "patterns: {'h.*.attn.v_proj': 16, 'h.1.mlp.c_fc': 24}\n"
+        "ci: {d_model: 32, n_heads: 2, d_ff: 64}\n"  # refines the preset's CI (n_blocks stays 2)
+        "steps: 4\nbatch_size: 2\nfaithfulness_warmup_steps: 3\neval_every: 100\npgd_eval_steps: 2\n"
+    )
+    return root
+
+
+def test_decompose_then_report(files, tmp_path, capsys):
+    out = tmp_path / "dec"
+    args = ["decompose", "--model", str(files / "model"), "--data", str(files / "text.txt"), "--eval-data", str(files / "text.txt"),
+            "--preset", "small", "--config", str(files / "config.yaml"), "--out", str(out), "--block-len", "16", "--eval-blocks", "2"]
+    assert main(args) == 0
+    meta = json.loads((out / "decomposition.json").read_text())
+    assert meta["config"]["ci"]["n_blocks"] == 2 and meta["config"]["ci"]["d_model"] == 32 and meta["config"]["lr"] == 3e-4
+    assert meta["target"]["name_or_path"] == str(files / "model")
+    assert json.loads((out / "quality.json").read_text())["step"] == 4
+    # a second run into the same folder must be explicit about resuming; resuming a finished run is a no-op
+    assert main(args) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+
+    blocks = torch.randint(0, 300, (3, 10), generator=torch.Generator().manual_seed(0))
+    save_file({"blocks": blocks}, str(tmp_path / "blocks.safetensors"))
+    capsys.readouterr()
+    # the target folder is the one recorded in the decomposition
+    assert main(["decomposition", "report", str(out), "--data", str(tmp_path / "blocks.safetensors"), "--pgd-steps", "2", "--out", str(tmp_path / "q.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "unmasked" in printed and "PGD KL" in printed and "total" in printed
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert saved["report"]["n_tokens"] == 30 and "torch" in saved["versions"]
+    model = ComptuneLMForCausalLM.from_pretrained(files / "model")
+    assert Decomposition.load(out, model).module_paths == ["h.0.attn.v_proj", "h.1.attn.v_proj", "h.1.mlp.c_fc"]
+
+
+def test_bad_input_is_one_line(files, tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("stepz: 3\n")
+    assert main(["decompose", "--model", str(files / "model"), "--data", str(files / "text.txt"), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "stepz" in capsys.readouterr().err
+    save_file({"tokens": torch.zeros(2, 3, dtype=torch.long)}, str(tmp_path / "b.safetensors"))
+    assert main(["decompose", "--model", str(files / "model"), "--data", str(tmp_path / "b.safetensors"), "--out", str(tmp_path / "o")]) == 2
+    assert "no `blocks` tensor" in capsys.readouterr().err
+    assert main(["decomposition", "report", str(tmp_path / "missing"), "--data", "x"]) == 2
+    assert "decomposition.json is missing" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""Trainer: outputs, resume equivalence (split run and a real SIGTERM), config/checkpoint checks."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from comptune.decomposition import Decomposition
+from comptune.decomposition.train import DecomposeConfig, decompose
+from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+
+torch.set_num_threads(1)
+
+
+def tiny_lm():
+    torch.manual_seed(0)
+    return ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=64, n_layer=2, d_model=32, n_head=2, d_mlp=64, n_ctx=32))
+
+
+BLOCKS = torch.randint(0, 64, (24, 12), generator=torch.Generator().manual_seed(1))
+
+
+def config(**overrides):
+    base = dict(patterns={"h.*.attn.v_proj": 16, "h.1.mlp.*": 24}, ci={"d_model": 32, "n_blocks": 1, "n_heads": 2, "d_ff": 64},
+                steps=8, batch_size=4, lr=1e-3, faithfulness_warmup_steps=5, log_every=1, checkpoint_every=100, eval_every=4, pgd_eval_steps=2)
+    return DecomposeConfig(**{**base, **overrides})
+
+
+def rows(out_dir, name="train_log.jsonl"):
+    return [json.loads(line) for line in (out_dir / name).read_text().splitlines()]
+
+
+def test_run_writes_decomposition_logs_and_quality(tmp_path):
+    d = decompose(tiny_lm(), BLOCKS, config(), tmp_path, eval_blocks=BLOCKS[:4])
+    assert [r["step"] for r in rows(tmp_path)] == list(range(1, 9))
+    assert {"faithfulness", "stochastic", "adversarial", "minimality", "loss", "p", "lr"} <= set(rows(tmp_path)[0])
+    assert [r["step"] for r in rows(tmp_path, "eval_log.jsonl")] == [0, 4, 8]
+    quality = json.loads((tmp_path / "quality.json").read_text())
+    assert quality["config"]["steps"] == 8 and quality["seed"] == 0 and "torch" in quality["versions"]
+    assert {"target", "unmasked", "stochastic", "ci_masked"} <= set(quality["report"]["ce"])
+    loaded = Decomposition.load(tmp_path, tiny_lm())
+    assert loaded.config["steps"] == 8 and loaded.provenance["completed"] and loaded.provenance["method"] == "VPD"
+    for p in d.module_paths:
+        assert torch.equal(loaded.get_components(p).U, d.get_components(p).U)
+    # the p of the minimality term anneals linearly from p_start
+    ps = [r["p"] for r in rows(tmp_path)]
+    assert ps[0] == pytest.approx(2.0 - 1.6 * 0 / 8) and ps[-1] == pytest.approx(2.0 - 1.6 * 7 / 8)
+
+
+def test_stop_and_resume_continues_the_same_run(tmp_path):
+    full = decompose(tiny_lm(), BLOCKS, config(), tmp_path / "full")
+    first = decompose(tiny_lm(), BLOCKS, config(), tmp_path / "split", stop_at_step=3)
+    assert not first.provenance["completed"] and first.provenance["steps_done"] == 3
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        decompose(tiny_lm(), BLOCKS, config(), tmp_path / "split", resume=False)
+    with pytest.raises(ValueError, match="different config.*lr"):
+        decompose(tiny_lm(), BLOCKS, config(lr=2e-3), tmp_path / "split")
+    resumed = decompose(tiny_lm(), BLOCKS, config(log_every=1, checkpoint_every=50), tmp_path / "split")  # bookkeeping may change
+    assert resumed.provenance["completed"]
+    assert rows(tmp_path / "full") == rows(tmp_path / "split")  # bit-for-bit
+    for p in full.module_paths:
+        assert torch.equal(full.get_components(p).V, resumed.get_components(p).V)
+    for (k, a), (_, b) in zip(full.ci_fn.state_dict().items(), resumed.ci_fn.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def _same_rows(a, b):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-6), (ra["step"], k)
+    return True
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from test_decomposition_train import BLOCKS, config, tiny_lm
+    from comptune.decomposition.train import decompose
+    decompose(tiny_lm(), BLOCKS, config(steps=400), sys.argv[1])
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=os.path.dirname(__file__)))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    stopped_at = Decomposition.load(out, tiny_lm()).provenance["steps_done"]
+    assert 5 <= stopped_at < 400
+    long = config(steps=400)
+    resumed = decompose(tiny_lm(), BLOCKS, long, out, stop_at_step=stopped_at + 10)
+    reference = decompose(tiny_lm(), BLOCKS, long, tmp_path / "reference", stop_at_step=stopped_at + 10)
+    _same_rows(rows(tmp_path / "reference"), rows(out))
+    for p in reference.module_paths:
+        assert torch.equal(reference.get_components(p).U, resumed.get_components(p).U)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        decompose(tiny_lm(), BLOCKS[:3], config(), tmp_path / "a")
+    with pytest.raises(ValueError, match="matches no module"):
+        decompose(tiny_lm(), BLOCKS, config(patterns={"h.*.attn.w_proj": 4}), tmp_path / "b")
+    with pytest.raises(ValueError, match="extra"):
+        DecomposeConfig(stepz=3)
+    # a pickle under the checkpoint's name is refused, never unpickled
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "checkpoint.safetensors").write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(ValueError, match="not a valid safetensors file|not a decompose checkpoint"):
+        decompose(tiny_lm(), BLOCKS, config(), tmp_path / "c")
