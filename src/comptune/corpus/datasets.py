@@ -20,3 +20,22 @@ def dataset_blocks(name_or_path: str, tokenizer, block_len: int, max_blocks: int
     from .loading import tokenize_to_blocks
 
     return tokenize_to_blocks(tokenizer, dataset_texts(name_or_path, **load_kwargs), block_len, max_blocks=max_blocks)
+
+
+def mix_windows(streams: dict[str, torch.Tensor], mix: dict[str, float], n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """[n, length] random windows of per-language token streams, each row's language drawn with
+    the mix probabilities: a pretraining batch, or a model's own training mix to decompose it on."""
+    missing = sorted(set(mix) - set(streams))
+    if missing:
+        raise ValueError(f"no token stream for language(s) {missing} of the mix; have {sorted(streams)}")
+    langs = sorted(mix)
+    probs = torch.tensor([mix[lang] for lang in langs], dtype=torch.float64)
+    choice = torch.multinomial(probs, n, replacement=True, generator=gen)
+    rows = []
+    for i in choice.tolist():
+        s = streams[langs[i]]
+        if len(s) < length:
+            raise ValueError(f"token stream {langs[i]!r} has {len(s)} tokens, fewer than one window of {length}")
+        start = int(torch.randint(0, len(s) - length + 1, (1,), generator=gen))
+        rows.append(s[start : start + length])
+    return torch.stack(rows)

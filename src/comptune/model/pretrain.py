@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .._io import load_safetensors, save_safetensors_atomic, versions, write_json_atomic
 from ..config import StrictConfig
+from ..corpus.datasets import mix_windows
 from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 
 
@@ -72,20 +73,6 @@ def sample_batch(streams: dict[str, torch.Tensor], cfg: PretrainConfig, gen: tor
     return mix_windows(streams, cfg.mix, cfg.batch_size, cfg.n_ctx, gen)
 
 
-def mix_windows(streams: dict[str, torch.Tensor], mix: dict[str, float], n: int, length: int, gen: torch.Generator) -> torch.Tensor:
-    """[n, length] random windows of the token streams, each row's language drawn with the mix
-    probabilities — the pretraining mix, reused to decompose a model on its own training mix."""
-    langs = sorted(mix)
-    probs = torch.tensor([mix[lang] for lang in langs], dtype=torch.float64)
-    choice = torch.multinomial(probs, n, replacement=True, generator=gen)
-    rows = []
-    for i in choice.tolist():
-        s = streams[langs[i]]
-        start = int(torch.randint(0, len(s) - length + 1, (1,), generator=gen))
-        rows.append(s[start : start + length])
-    return torch.stack(rows)
-
-
 class _StopRequested:
     """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly."""
 
@@ -113,12 +100,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
     model, optimiser moments, step, RNG state and the loss history.
     """
     out_dir = Path(out_dir)
-    missing = sorted(set(cfg.mix) - set(streams))
-    if missing:
-        raise ValueError(f"no token stream for language(s) {missing} of the mix; have {sorted(streams)}")
-    for lang, s in streams.items():
-        if len(s) < cfg.n_ctx + 1:
-            raise ValueError(f"token stream {lang!r} has {len(s)} tokens, fewer than one window of n_ctx={cfg.n_ctx}")
+    for lang, s in streams.items():  # missing languages and too-short streams: see mix_windows
         if int(s.max()) >= cfg.vocab_size:
             raise ValueError(f"token stream {lang!r} holds id {int(s.max())} ≥ vocab_size={cfg.vocab_size}: tokenizer and model do not match")
 
