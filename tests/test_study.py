@@ -219,3 +219,45 @@ def test_presets_load_and_agree():
     assert all(m.lrs == [0.003, 0.01, 0.03, 0.1] for m in full.methods)
     assert all(m.alphas == [16, 32] for m in full.methods if m.method in ("lora", "lora_local"))
     assert {m.name for m in demo.methods} <= {m.name for m in full.methods}
+
+
+def test_selection_in_every_basis(assets):
+    """Component keys from the CI ranking; neuron and SVD units ranked by write magnitude; lora_local
+    and SVD-scale restricted to the single key's matrix; every resolved selection trains."""
+    from comptune.study.selection import neuron_components, resolve_selections, write_magnitudes
+    from comptune.study.sweep import plan_runs
+    from comptune.tuning import tune
+
+    config = sweep_config(assets, methods=[
+        dict(name="single", method="component_scale", select=dict(rank="specificity", top=1), lrs=[0.1]),
+        dict(name="local", method="lora_local", select=dict(modules_of="single"), lrs=[0.01]),
+        dict(name="svd", method="svd_scale", select=dict(modules_of="single", rank="difference", top=2), lrs=[0.1]),
+        dict(name="neurons", method="neuron_scale", select=dict(rank="difference", top=3), lrs=[0.1]),
+        dict(name="fixed", method="component_scale", select=dict(keys=["h.1.mlp.c_fc:2"]), lrs=[0.1]),
+    ], budgets=[4])
+    inputs = load_inputs(config)
+    sel = resolve_selections(config, inputs.model, inputs.tokenizer, inputs.decomposition, log=lambda s: None)
+    module = sel["single"]["selection"]["keys"][0].rpartition(":")[0]
+    assert sel["local"]["selection"]["modules"] == [module]
+    assert all(k.startswith(module + ":") for k in sel["svd"]["selection"]["keys"])
+    assert all(k.rpartition(":")[0] in ("h.0.mlp.down_proj", "h.1.mlp.down_proj") for k in sel["neurons"]["selection"]["keys"])
+    assert sel["fixed"]["selection"]["keys"] == ["h.1.mlp.c_fc:2"]
+    for name in ("single", "svd", "neurons"):
+        scores = [v for _, v in sel[name]["ranking"]]
+        assert scores == sorted(scores, reverse=True)
+        assert sel[name]["selection"]["keys"] == [k for k, _ in sel[name]["ranking"][: len(sel[name]["selection"]["keys"])]]
+
+    # the neuron write magnitude is mean |h_j| · ‖W[:, j]‖ over every position
+    blocks = inputs.eval_blocks[config.eval_datasets[0]]
+    hidden = []
+    hook = inputs.model.h[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: hidden.append(a[0].detach()))
+    with torch.no_grad():
+        inputs.model(input_ids=blocks)
+    hook.remove()
+    expected = hidden[0].abs().flatten(0, 1).mean(0) * inputs.model.h[1].mlp.down_proj.weight.norm(dim=0)
+    got = write_magnitudes(inputs.model, neuron_components(inputs.model, ["h.1.mlp.down_proj"]), {"d": blocks})["h.1.mlp.down_proj"][0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+    for spec in plan_runs(config, sel):
+        _, result = tune(spec.tune_config, copy.deepcopy(inputs.model), inputs.forget_stream, inputs.retain_stream, inputs.decomposition)
+        assert result.steps >= 1 and len(result.final_scalars) == {"single": 1, "local": 0, "svd": 2, "neurons": 3, "fixed": 1}[spec.method]
