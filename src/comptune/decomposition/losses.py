@@ -7,6 +7,7 @@ which holds the adversary's state (sources and their Adam moments) across traini
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from .decomposed import Decomposition
 
 Masks = dict[str, torch.Tensor]
+# (masked output, target output) -> scalar loss; None means KL(target ‖ masked)
+Reconstruction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
 
 # ----- masks and routing ----------------------------------------------------------------------
@@ -116,16 +119,17 @@ class PersistentPGD:
     def masks(self, ci_lower: Masks) -> tuple[Masks, Masks]:
         return masks_from_sources(ci_lower, self.sources)
 
-    def loss(self, decomposition: Decomposition, input_ids: torch.Tensor, target_logits: torch.Tensor, ci_lower: Masks) -> torch.Tensor:
-        """KL with every module routed and the current sources as masks."""
+    def loss(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor, ci_lower: Masks, recon: Reconstruction = None) -> torch.Tensor:
+        """Reconstruction loss (default KL(target ‖ masked)) with every module routed and the sources as masks."""
         masks, delta_masks = self.masks(ci_lower)
-        return kl_target_to_masked(decomposition.masked_logits(input_ids, masks, delta_masks), target_logits)
+        return (recon or kl_target_to_masked)(decomposition.masked_logits(input_ids, masks, delta_masks), target_out)
 
-    def ascend(self, decomposition: Decomposition, input_ids: torch.Tensor, target_logits: torch.Tensor, ci_lower: Masks, lr: float, n_steps: int) -> None:
+    def ascend(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor, ci_lower: Masks, lr: float, n_steps: int,
+               recon: Reconstruction = None) -> None:
         """n_steps Adam ascent steps on the sources; CI and components are held fixed."""
         ci_fixed = {p: g.detach() for p, g in ci_lower.items()}
         for _ in range(n_steps):
-            loss = self.loss(decomposition, input_ids, target_logits, ci_fixed)
+            loss = self.loss(decomposition, input_ids, target_out, ci_fixed, recon)
             grads = torch.autograd.grad(loss, list(self.sources.values()))
             self.adam_ascent_step(dict(zip(self.sources, grads)), lr)
 

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import Field, model_validator
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .._io import append_jsonl, load_safetensors, read_jsonl, save_safetensors_atomic, versions, write_json_atomic
@@ -274,8 +275,6 @@ def decompose(
     torch.manual_seed(config.seed)
     target.to(device)
     decomposition = Decomposition.create(target, config.patterns, config.ci).to(device)
-    component_params = decomposition.component_parameters()
-    ci_params = list(decomposition.ci_fn.parameters())
     tensors = None
     if resuming:
         tensors, meta = _read_checkpoint(ckpt_path, config, world_size)
@@ -287,44 +286,21 @@ def decompose(
         _faithfulness_warmup(decomposition, config)
         step = 0
 
-    # from here ranks diverge: per-rank streams for masks and routing
-    mask_rng = torch.Generator(device=device).manual_seed(config.seed * 7919 + 1 + rank)
-    model = decomposition
-    if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(decomposition, device_ids=[device.index] if device.type == "cuda" else None)
-    opt_components = torch.optim.AdamW(component_params, lr=config.lr, weight_decay=0.0)
-    opt_ci = torch.optim.AdamW(ci_params, lr=config.ci_lr or config.lr, weight_decay=0.0)
-    # the adversary's sources are shaped like the CI ([B, T] or [B] then C+1): made at the first step
-    ppgd: PersistentPGD | None = None
-    ppgd_resume_state = None
+    trainer = VPDTrainer(decomposition, config, device, rank, world_size)
     if tensors is not None:
-        _load_optimizer(opt_components, tensors, "opt.components")
-        _load_optimizer(opt_ci, tensors, "opt.ci")
-        mask_rng.set_state(tensors[f"rank{rank}.rng.masks"].cpu())
-        torch.set_rng_state(tensors[f"rank{rank}.rng.torch"].cpu())
-        ppgd_resume_state = {k.removeprefix(f"rank{rank}.ppgd."): v.to(device) for k, v in tensors.items() if k.startswith(f"rank{rank}.ppgd.")}
+        trainer.load_state_tensors(tensors)
         del tensors
     if rank == 0:
         _prepare_logs(out_dir, step, resuming)
         write_json_atomic(out_dir / CONFIG_NAME, {"config": config.model_dump(mode="json"), "seed": config.seed, "world_size": world_size, "versions": versions()})
 
     def save_checkpoint() -> None:
-        t = {f"params.{k}": p.detach() for k, p in decomposition.named_parameters() if p.requires_grad}
-        t.update(_optimizer_tensors(opt_components, "opt.components"))
-        t.update(_optimizer_tensors(opt_ci, "opt.ci"))
-        per_rank = {"rng.masks": mask_rng.get_state(), "rng.torch": torch.get_rng_state()}
-        if ppgd is not None:
-            per_rank.update({f"ppgd.{k}": v for k, v in ppgd.state_tensors().items()})
-        for name, value in per_rank.items():
-            for r, v in enumerate(_gather(value.to(device), world_size)):
-                t[f"rank{r}.{name}"] = v
+        t = trainer.state_tensors()  # every rank takes part (the adversaries are gathered)
         if rank == 0:
             meta = {"step": step, "world_size": world_size, "config": config.model_dump(mode="json"), "versions": versions()}
             save_safetensors_atomic(t, ckpt_path, metadata={"state": json.dumps(meta)})
 
-    recon = kl_target_to_masked if config.reconstruction == "kl" else (lambda out, ref: F.mse_loss(out, ref.detach()))
     evaluate = eval_blocks is not None and config.reconstruction == "kl"
-    paths = decomposition.module_paths
     t0, start_step = time.time(), step
     bar = tqdm(total=config.steps, initial=step, desc="decompose", dynamic_ncols=True, disable=rank != 0)
     stopped = False
@@ -332,55 +308,11 @@ def decompose(
         while step < config.steps:
             if evaluate and step % config.eval_every == 0 and rank == 0:
                 _log_eval(decomposition, eval_blocks, config, out_dir, step, bar)
-            lr = cosine_lr(step, config.steps, config.lr, config.lr_final_frac)
-            for g in opt_components.param_groups:
-                g["lr"] = lr
-            for g in opt_ci.param_groups:
-                g["lr"] = cosine_lr(step, config.steps, config.ci_lr or config.lr, config.lr_final_frac)
-            ppgd_lr = cosine_lr(step, config.steps, config.ppgd_lr, config.ppgd_lr_final_frac, config.ppgd_warmup_frac)
             batch = train_blocks[batch_indices(step, train_blocks.shape[0], config.batch_size, config.seed, rank, world_size)].to(device)
-
-            ci = model(batch)
-            target_out = ci.target_logits.detach()
-            terms = {"faithfulness": faithfulness_loss(decomposition)}
-            p = anneal_p(step, config.steps, config.p_start, config.p_end)
-            terms["minimality"] = minimality_loss(ci.upper, p, config.minimality_beta, config.minimality_eps, world_size)
-            masks, delta_masks = sample_stochastic_masks(ci.lower, mask_rng)
-            routing = None
-            if config.routing == "uniform_k_subset":
-                routing = sample_subset_routing(paths, tuple(ci.lower[paths[0]].shape[:-1]), device, mask_rng)
-            terms["stochastic"] = recon(decomposition.masked_logits(batch, masks, delta_masks, routing), target_out)
-            source_grads = None
-            if ppgd is None and config.coeff_adversarial > 0:
-                ppgd = _make_ppgd(decomposition, ci.lower, config, device, rank, ppgd_resume_state)
-            if ppgd is not None:
-                _ppgd_ascend(ppgd, decomposition, batch, target_out, ci.lower, ppgd_lr, config.ppgd_inner_steps, recon)
-                adv_masks, adv_delta = ppgd.masks(ci.lower)
-                terms["adversarial"] = recon(decomposition.masked_logits(batch, adv_masks, adv_delta), target_out)
-                source_grads = torch.autograd.grad(terms["adversarial"], list(ppgd.sources.values()), retain_graph=True)
-            total = (
-                config.coeff_faithfulness * terms["faithfulness"]
-                + config.coeff_minimality * terms["minimality"]
-                + config.coeff_stochastic * terms["stochastic"]
-                + (config.coeff_adversarial * terms["adversarial"] if ppgd is not None else 0.0)
-            )
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"non-finite loss at step {step} ({ {k: v.item() for k, v in terms.items()} }); the last good checkpoint is in {out_dir}")
-            opt_components.zero_grad(set_to_none=True)
-            opt_ci.zero_grad(set_to_none=True)
-            total.backward()
-            grad_norm = None
-            if config.grad_clip_components is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(component_params, config.grad_clip_components).item()
-            opt_components.step()
-            opt_ci.step()
-            if ppgd is not None:
-                ppgd.adam_ascent_step(dict(zip(ppgd.sources, source_grads)), ppgd_lr)
+            row = trainer.train_step(batch, step)
             step += 1
-
             if rank == 0 and (step % config.log_every == 0 or step == config.steps):
-                row = {"step": step, "loss": total.item(), **{k: v.item() for k, v in terms.items()}, "p": p, "lr": lr, "ppgd_lr": ppgd_lr, "grad_norm_components": grad_norm}
-                append_jsonl(out_dir / TRAIN_LOG_NAME, row)
+                append_jsonl(out_dir / TRAIN_LOG_NAME, {"step": step, **row})
                 bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "faithfulness", "stochastic", "adversarial", "minimality")})
             bar.update(1)
             out_of_time = config.max_minutes is not None and (time.time() - t0) / 60 > config.max_minutes
@@ -399,7 +331,7 @@ def decompose(
     completed = step >= config.steps
     decomposition.config = config.model_dump(mode="json")
     decomposition.provenance = {
-        "method": "VPD" if ppgd is not None else "SPD",
+        "method": "VPD" if config.coeff_adversarial > 0 else "SPD",
         "steps_done": step, "completed": completed, "world_size": world_size, "seed": config.seed,
         "train_blocks_shape": list(train_blocks.shape), "wall_time_s_this_session": round(time.time() - t0, 1),
         "steps_this_session": step - start_step,
@@ -424,25 +356,113 @@ def _faithfulness_warmup(decomposition: Decomposition, config: DecomposeConfig) 
         opt.step()
 
 
-def _make_ppgd(decomposition: Decomposition, ci_lower, config: DecomposeConfig, device, rank: int, resume_state: dict | None) -> PersistentPGD:
-    # its own generator, so creating the sources never shifts the mask stream (a resumed run
-    # makes them afresh and then loads the checkpointed ones)
-    init_rng = torch.Generator(device=device).manual_seed(config.seed * 7919 + 2 + rank)
-    batch_shape = tuple(ci_lower[decomposition.module_paths[0]].shape[:-1])
-    C = {p: decomposition.C(p) for p in decomposition.module_paths}
-    ppgd = PersistentPGD(C, batch_shape, device, init_rng, tuple(config.ppgd_betas), config.ppgd_eps)
-    if resume_state:
-        ppgd.load_state_tensors(resume_state)
-    return ppgd
+class VPDTrainer:
+    """One rank's optimisation state (optimisers, adversary, mask RNG) and the training step."""
+
+    def __init__(self, decomposition: Decomposition, config: DecomposeConfig, device: torch.device, rank: int = 0, world_size: int = 1):
+        self.decomposition, self.config, self.device, self.rank, self.world_size = decomposition, config, device, rank, world_size
+        self.model = decomposition  # what the CI forward runs through: DDP averages gradients across ranks
+        if world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(decomposition, device_ids=[device.index] if device.type == "cuda" else None)
+        self.component_params = decomposition.component_parameters()
+        self.opt_components = torch.optim.AdamW(self.component_params, lr=config.lr, weight_decay=0.0)
+        self.opt_ci = torch.optim.AdamW(decomposition.ci_fn.parameters(), lr=config.ci_lr or config.lr, weight_decay=0.0)
+        # ranks diverge from here: per-rank streams for masks and routing
+        self.mask_rng = torch.Generator(device=device).manual_seed(config.seed * 7919 + 1 + rank)
+        # the adversary's sources are shaped like the CI ([B, T] or [B], then C+1): made at the first step
+        self.ppgd: PersistentPGD | None = None
+        self._ppgd_resume_state: dict | None = None
+        self.recon = kl_target_to_masked if config.reconstruction == "kl" else _mse
+
+    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+        """One optimisation step at `step` (which sets the schedules); returns the logged figures."""
+        config, d, paths = self.config, self.decomposition, self.decomposition.module_paths
+        lr = cosine_lr(step, config.steps, config.lr, config.lr_final_frac)
+        for g in self.opt_components.param_groups:
+            g["lr"] = lr
+        for g in self.opt_ci.param_groups:
+            g["lr"] = cosine_lr(step, config.steps, config.ci_lr or config.lr, config.lr_final_frac)
+        ppgd_lr = cosine_lr(step, config.steps, config.ppgd_lr, config.ppgd_lr_final_frac, config.ppgd_warmup_frac)
+        p = anneal_p(step, config.steps, config.p_start, config.p_end)
+
+        with record_function("vpd/target+ci"):
+            ci = self.model(batch)
+        target_out = ci.target_logits.detach()
+        terms = {"faithfulness": faithfulness_loss(d)}
+        terms["minimality"] = minimality_loss(ci.upper, p, config.minimality_beta, config.minimality_eps, self.world_size)
+        with record_function("vpd/stochastic"):
+            masks, delta_masks = sample_stochastic_masks(ci.lower, self.mask_rng)
+            routing = None
+            if config.routing == "uniform_k_subset":
+                routing = sample_subset_routing(paths, tuple(ci.lower[paths[0]].shape[:-1]), self.device, self.mask_rng)
+            terms["stochastic"] = self.recon(d.masked_logits(batch, masks, delta_masks, routing), target_out)
+        source_grads = None
+        if self.ppgd is None and config.coeff_adversarial > 0:
+            self.ppgd = self._make_ppgd(ci.lower)
+        if self.ppgd is not None:
+            with record_function("vpd/adversary-ascent"):
+                self.ppgd.ascend(d, batch, target_out, ci.lower, ppgd_lr, config.ppgd_inner_steps, self.recon)
+            with record_function("vpd/adversarial"):
+                terms["adversarial"] = self.ppgd.loss(d, batch, target_out, ci.lower, self.recon)
+                source_grads = torch.autograd.grad(terms["adversarial"], list(self.ppgd.sources.values()), retain_graph=True)
+        total = (
+            config.coeff_faithfulness * terms["faithfulness"]
+            + config.coeff_minimality * terms["minimality"]
+            + config.coeff_stochastic * terms["stochastic"]
+            + (config.coeff_adversarial * terms["adversarial"] if self.ppgd is not None else 0.0)
+        )
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"non-finite loss at step {step} ({ {k: v.item() for k, v in terms.items()} }); resume from the last checkpoint with a lower lr")
+        with record_function("vpd/backward"):
+            self.opt_components.zero_grad(set_to_none=True)
+            self.opt_ci.zero_grad(set_to_none=True)
+            total.backward()
+        with record_function("vpd/optimiser"):
+            grad_norm = None
+            if config.grad_clip_components is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.component_params, config.grad_clip_components).item()
+            self.opt_components.step()
+            self.opt_ci.step()
+            if self.ppgd is not None:
+                self.ppgd.adam_ascent_step(dict(zip(self.ppgd.sources, source_grads)), ppgd_lr)
+        return {"loss": total.item(), **{k: v.item() for k, v in terms.items()}, "p": p, "lr": lr, "ppgd_lr": ppgd_lr, "grad_norm_components": grad_norm}
+
+    def _make_ppgd(self, ci_lower) -> PersistentPGD:
+        # its own generator, so making the sources never shifts the mask stream (a resumed run
+        # makes them afresh and then loads the checkpointed ones)
+        init_rng = torch.Generator(device=self.device).manual_seed(self.config.seed * 7919 + 2 + self.rank)
+        d = self.decomposition
+        batch_shape = tuple(ci_lower[d.module_paths[0]].shape[:-1])
+        ppgd = PersistentPGD({p: d.C(p) for p in d.module_paths}, batch_shape, self.device, init_rng, tuple(self.config.ppgd_betas), self.config.ppgd_eps)
+        if self._ppgd_resume_state:
+            ppgd.load_state_tensors(self._ppgd_resume_state)
+        return ppgd
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything a resume needs; per-rank parts (adversary, RNG) gathered from every rank."""
+        t = {f"params.{k}": p.detach() for k, p in self.decomposition.named_parameters() if p.requires_grad}
+        t.update(_optimizer_tensors(self.opt_components, "opt.components"))
+        t.update(_optimizer_tensors(self.opt_ci, "opt.ci"))
+        per_rank = {"rng.masks": self.mask_rng.get_state(), "rng.torch": torch.get_rng_state()}
+        if self.ppgd is not None:
+            per_rank.update({f"ppgd.{k}": v for k, v in self.ppgd.state_tensors().items()})
+        for name, value in per_rank.items():
+            for r, v in enumerate(_gather(value.to(self.device), self.world_size)):
+                t[f"rank{r}.{name}"] = v
+        return t
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Optimisers, this rank's RNG streams and adversary (parameters are loaded before DDP wraps them)."""
+        _load_optimizer(self.opt_components, tensors, "opt.components")
+        _load_optimizer(self.opt_ci, tensors, "opt.ci")
+        self.mask_rng.set_state(tensors[f"rank{self.rank}.rng.masks"].cpu())
+        torch.set_rng_state(tensors[f"rank{self.rank}.rng.torch"].cpu())
+        prefix = f"rank{self.rank}.ppgd."
+        self._ppgd_resume_state = {k.removeprefix(prefix): v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _ppgd_ascend(ppgd: PersistentPGD, decomposition, batch, target_out, ci_lower, lr: float, n_steps: int, recon) -> None:
-    ci_fixed = {p: g.detach() for p, g in ci_lower.items()}
-    for _ in range(n_steps):
-        masks, delta_masks = ppgd.masks(ci_fixed)
-        loss = recon(decomposition.masked_logits(batch, masks, delta_masks), target_out)
-        grads = torch.autograd.grad(loss, list(ppgd.sources.values()))
-        ppgd.adam_ascent_step(dict(zip(ppgd.sources, grads)), lr)
+def _mse(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(out, ref.detach())
 
 
 def _read_checkpoint(path: Path, config: DecomposeConfig, world_size: int) -> tuple[dict, dict]:
