@@ -349,7 +349,7 @@ def decompose(
 def _faithfulness_warmup(decomposition: Decomposition, config: DecomposeConfig) -> None:
     """AdamW on the Δ loss alone, so training starts from components that already sum to W."""
     params = decomposition.component_parameters()
-    opt = torch.optim.AdamW(params, lr=config.faithfulness_warmup_lr, weight_decay=0.0)
+    opt = _adamw(params, config.faithfulness_warmup_lr)
     for _ in range(config.faithfulness_warmup_steps):
         opt.zero_grad(set_to_none=True)
         faithfulness_loss(decomposition).backward()
@@ -365,8 +365,8 @@ class VPDTrainer:
         if world_size > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(decomposition, device_ids=[device.index] if device.type == "cuda" else None)
         self.component_params = decomposition.component_parameters()
-        self.opt_components = torch.optim.AdamW(self.component_params, lr=config.lr, weight_decay=0.0)
-        self.opt_ci = torch.optim.AdamW(decomposition.ci_fn.parameters(), lr=config.ci_lr or config.lr, weight_decay=0.0)
+        self.opt_components = _adamw(self.component_params, config.lr)
+        self.opt_ci = _adamw(decomposition.ci_fn.parameters(), config.ci_lr or config.lr)
         # ranks diverge from here: per-rank streams for masks and routing
         self.mask_rng = torch.Generator(device=device).manual_seed(config.seed * 7919 + 1 + rank)
         # the adversary's sources are shaped like the CI ([B, T] or [B], then C+1): made at the first step
@@ -459,6 +459,13 @@ class VPDTrainer:
         torch.set_rng_state(tensors[f"rank{self.rank}.rng.torch"].cpu())
         prefix = f"rank{self.rank}.ppgd."
         self._ppgd_resume_state = {k.removeprefix(prefix): v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _adamw(params, lr: float) -> torch.optim.AdamW:
+    """AdamW without weight decay; the fused kernel (CPU and CUDA) is ~6x faster than the default on CPU."""
+    params = list(params)
+    fused = params[0].device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
 
 
 def _mse(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
