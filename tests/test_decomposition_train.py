@@ -117,6 +117,8 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
 def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
         decompose(tiny_lm(), BLOCKS[:3], config(), tmp_path / "a")
+    with pytest.raises(ValueError, match="token id 64 but the model has 64 embeddings"):
+        decompose(tiny_lm(), BLOCKS.clone().index_fill_(1, torch.tensor([0]), 64), config(), tmp_path / "ids")
     with pytest.raises(ValueError, match="matches no module"):
         decompose(tiny_lm(), BLOCKS, config(patterns={"h.*.attn.w_proj": 4}), tmp_path / "b")
     with pytest.raises(ValueError, match="extra"):

@@ -263,6 +263,10 @@ def decompose(
     out_dir = Path(out_dir)
     if train_blocks.shape[0] < config.batch_size:
         raise ValueError(f"{train_blocks.shape[0]} training blocks are fewer than one batch (batch_size={config.batch_size}); give more data or a smaller batch")
+    embeddings = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
+    if embeddings is not None and not train_blocks.is_floating_point() and int(train_blocks.max()) >= embeddings.num_embeddings:
+        raise ValueError(f"training blocks hold token id {int(train_blocks.max())} but the model has {embeddings.num_embeddings} embeddings: "
+                         "the data was tokenized with another tokenizer")
     rank, world_size, device = _dist_setup()
     if config.batch_size % world_size:
         raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes ({world_size})")
