@@ -179,11 +179,16 @@ def test_cli_eval_and_rollout(tmp_path, model_dir, tokenizer, capsys):
     assert set(report["ce"]) == {f"{data}@en", f"{data}@de"} and f"{data}@de" in printed
     assert report["config"]["block_len"] == 8 and report["config"]["model"] == str(model_dir)
     # the CLI number is evaluate_ce on the same blocks
-    from comptune.corpus.loading import load_texts, tokenize_to_blocks
+    from comptune.corpus.loading import load_texts, token_stream, tokenize_to_blocks
 
     model, _ = load_model_and_tokenizer(model_dir)
     blocks = tokenize_to_blocks(tokenizer, load_texts(data, lang="de"), 8, max_blocks=256)
     assert report["ce"][f"{data}@de"] == pytest.approx(evaluate_ce(model, {"de": blocks}).ce["de"], abs=1e-6)
+    # per-character CE: CE × tokens per character of the whole text
+    texts = load_texts(data, lang="de")
+    ratio = len(token_stream(tokenizer, texts)) / sum(len(t) for t in texts)
+    row = report["datasets"][f"{data}@de"]
+    assert row["tokens_per_char"] == pytest.approx(ratio) and row["nats_per_char"] == pytest.approx(row["ce"] * ratio)
 
     other = tmp_path / "other_model"
     tiny_model(len(tokenizer), seed=1).save_pretrained(other)  # no tokenizer of its own: shares the first one's
@@ -203,3 +208,11 @@ def test_cli_eval_and_rollout(tmp_path, model_dir, tokenizer, capsys):
     assert "not a bundled dataset (train.en" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--data", str(data), "--block-len", "64"]) == 2
     assert "block length 64 exceeds the model's context of 32 tokens" in capsys.readouterr().err
+
+
+def test_unigram_entropy_reference_line():
+    from comptune.evaluation.ce import unigram_entropy
+
+    # four equally frequent tokens: ln 4; a single repeated token: 0
+    assert abs(unigram_entropy(torch.tensor([[1, 2, 3, 4, 1, 2, 3, 4]])) - math.log(4)) < 1e-9
+    assert unigram_entropy(torch.tensor([[7, 7, 7]])) == 0.0

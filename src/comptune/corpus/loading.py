@@ -254,11 +254,15 @@ def tokenize_to_blocks(tokenizer, texts: list[str], block_len: int, *, max_block
     The tail shorter than a block is dropped. With `max_blocks`, that many blocks are kept, spread
     evenly over the stream, so a capped evaluation still samples every part of the dataset.
     """
+    return blocks_from_stream(token_stream(tokenizer, texts, add_bos=add_bos), block_len, max_blocks=max_blocks)
+
+
+def blocks_from_stream(stream: torch.Tensor, block_len: int, *, max_blocks: int | None = None) -> torch.Tensor:
+    """Cut a token stream into full blocks [N, block_len] (see `tokenize_to_blocks`)."""
     if block_len < 2:
         raise ValueError(f"block_len must be >= 2 (one context token and one predicted token), got {block_len}")
     if max_blocks is not None and max_blocks < 1:
         raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
-    stream = token_stream(tokenizer, texts, add_bos=add_bos)
     n_blocks = len(stream) // block_len
     if n_blocks == 0:
         raise ValueError(f"the text is too short: {len(stream)} tokens, but one block needs {block_len}; "

@@ -29,6 +29,16 @@ class DatasetCE:
     tokens: int  # predicted tokens, sequences × (block_len − 1)
     sequences: int
     block_len: int
+    # entropy of the scored tokens' own unigram distribution: the best a model that ignores all
+    # context could score on this very text (a context-free reference line, below chance)
+    unigram_entropy: float = float("nan")
+    # tokens per character of the whole dataset text (set when the text is known): CE × this is the
+    # per-character CE, comparable across languages and tokenizers on content-matched text
+    tokens_per_char: float | None = None
+
+    @property
+    def nats_per_char(self) -> float | None:
+        return None if self.tokens_per_char is None else self.ce * self.tokens_per_char
 
 
 @dataclass
@@ -55,9 +65,10 @@ class EvalResult:
 
     def table(self) -> str:
         width = max(len("dataset"), *(len(n) for n in self.datasets))
-        lines = [f"{'dataset':<{width}}  {'CE (nats/token)':>15}  {'tokens':>10}"]
+        lines = [f"{'dataset':<{width}}  {'CE (nats/token)':>15}  {'unigram entropy':>15}  {'≈ nats/char':>11}  {'tokens':>10}"]
         for name, d in self.datasets.items():
-            lines.append(f"{name:<{width}}  {d.ce:>15.4f}  {d.tokens:>10,}")
+            per_char = f"{d.nats_per_char:>11.4f}" if d.nats_per_char is not None else f"{'-':>11}"
+            lines.append(f"{name:<{width}}  {d.ce:>15.4f}  {d.unigram_entropy:>15.4f}  {per_char}  {d.tokens:>10,}")
         lines.append(f"{'chance ln|V|':<{width}}  {self.chance:>15.4f}  {'|V| = ' + format(self.vocab_size, ','):>10}")
         lines.append(f"{self.forward_tokens:,} tokens in {self.seconds:.1f} s ({self.tokens_per_s:,.0f} tokens/s)")
         return "\n".join(lines)
@@ -68,7 +79,7 @@ class EvalResult:
     def to_dict(self) -> dict:
         return {
             "ce": self.ce,
-            "datasets": {name: asdict(d) for name, d in self.datasets.items()},
+            "datasets": {name: {**asdict(d), "nats_per_char": d.nats_per_char} for name, d in self.datasets.items()},
             "chance": self.chance,
             "vocab_size": self.vocab_size,
             "forward_tokens": self.forward_tokens,
@@ -86,10 +97,17 @@ class EvalResult:
     def load_json(cls, path: str | Path) -> EvalResult:
         data = json.loads(Path(path).read_text())
         return cls(
-            datasets={name: DatasetCE(**d) for name, d in data["datasets"].items()},
+            datasets={name: DatasetCE(**{k: v for k, v in d.items() if k != "nats_per_char"}) for name, d in data["datasets"].items()},
             vocab_size=data["vocab_size"], seconds=data["seconds"], forward_tokens=data["forward_tokens"],
             config=data["config"],
         )
+
+
+def unigram_entropy(tokens: torch.Tensor) -> float:
+    """Entropy in nats of the empirical unigram distribution of `tokens`."""
+    counts = torch.bincount(tokens.reshape(-1)).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
 
 
 def model_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
@@ -155,7 +173,8 @@ def evaluate_ce(model, datasets: dict[str, torch.Tensor], *, batch_size: int = 1
                     nll_sum += nll.item()
                     forward_tokens += x.numel()
                 n_pred = N * (T - 1)
-                rows[name] = DatasetCE(name=name, ce=nll_sum / n_pred, tokens=n_pred, sequences=N, block_len=T)
+                rows[name] = DatasetCE(name=name, ce=nll_sum / n_pred, tokens=n_pred, sequences=N, block_len=T,
+                                       unigram_entropy=unigram_entropy(blocks[:, 1:]))
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start

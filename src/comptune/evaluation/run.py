@@ -58,7 +58,8 @@ def context_length(model) -> int | None:
 def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None) -> EvalResult:
     """Evaluate `cfg.model` (or an already loaded `model` + `tokenizer`) on `cfg.data`."""
     from ..corpus.bundle import BUNDLED_DATASETS, DEFAULT_EVAL_DATASETS, bundled_model_dir
-    from ..corpus.datasets import dataset_blocks
+    from ..corpus.datasets import dataset_texts
+    from ..corpus.loading import blocks_from_stream, token_stream
     from ..model.loading import check_vocab, load_model_and_tokenizer
 
     if model is None:
@@ -74,16 +75,20 @@ def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None) -> EvalResult:
     if context is not None and block_len > context:
         raise ValueError(f"block length {block_len} exceeds the model's context of {context} tokens; lower --block-len")
     data = cfg.data or list(DEFAULT_EVAL_DATASETS)
-    blocks = {}
+    blocks, tokens_per_char = {}, {}
     for spec in data:
         source, lang = parse_data_spec(spec)
         if source not in BUNDLED_DATASETS and "/" not in source and not Path(source).exists():
             raise ValueError(f"unknown dataset {source!r}: not a bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
                              "and no such file or directory")
-        blocks[spec] = dataset_blocks(source, tokenizer, block_len, max_blocks=cfg.max_blocks, lang=lang or cfg.lang,
-                                      text_column=cfg.text_column, lang_column=cfg.lang_column, split=cfg.split,
-                                      subset=cfg.subset)
+        texts = dataset_texts(source, lang=lang or cfg.lang, text_column=cfg.text_column, lang_column=cfg.lang_column,
+                              split=cfg.split, subset=cfg.subset)
+        stream = token_stream(tokenizer, texts)
+        blocks[spec] = blocks_from_stream(stream, block_len, max_blocks=cfg.max_blocks)
+        tokens_per_char[spec] = len(stream) / sum(len(t) for t in texts)
     result = evaluate_ce(model, blocks, batch_size=cfg.batch_size, device=cfg.device)
+    for spec, ratio in tokens_per_char.items():
+        result.datasets[spec].tokens_per_char = ratio
     # the config as run: defaults resolved, plus what evaluate_ce measured it on (device, dtype)
     result.config = {**cfg.model_dump(), "model": model_name, "data": data, "block_len": block_len, **result.config}
     return result
