@@ -156,12 +156,11 @@ def plan_runs(config: SweepConfig, selections: dict[str, dict]) -> list[RunSpec]
                 for seed in config.seeds:
                     for lr in spec.lrs:
                         for alpha in spec.alphas if spec.method in LORA_METHODS else [None]:
+                            lora = {"lora_rank": spec.lora_rank, "lora_alpha": alpha} if alpha is not None else {}
                             cfg = TuneConfig(
                                 method=spec.method,
                                 selection=Selection(**sel) if sel else Selection(),
-                                budget=budget, seed=seed, lr=lr,
-                                lora_rank=spec.lora_rank,
-                                lora_alpha=alpha if alpha is not None else TuneConfig.model_fields["lora_alpha"].default,
+                                budget=budget, seed=seed, lr=lr, **lora,
                                 lambda_retain=lam, l1=spec.l1, ci_threshold=spec.ci_threshold,
                                 **config.train.model_dump(),
                             )
