@@ -65,3 +65,22 @@ def test_lora_run_and_bad_input(files, tmp_path, capsys):
     assert "--export-lora applies to ungated scalar edits" in capsys.readouterr().err
     assert run(files, tmp_path / "y", "--method", "lora", "--seq-len", "65") == 2
     assert "exceeds the model's context of 64 tokens" in capsys.readouterr().err
+
+
+def test_adapter_merge_and_export_reproduce_the_edit(files, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    assert run(files, out, "--keys", "h.1.attn.v_proj:3", "h.1.attn.v_proj:5", "--decomposition", str(files / "dec"), "--lr", "0.3") == 0
+    assert main(["adapter", "merge", str(out / "edit"), "--model", str(files / "model"), "--out", str(tmp_path / "merged")]) == 0
+    assert main(["adapter", "export-lora", str(out / "edit"), "--model", str(files / "model"), "--out", str(tmp_path / "lora")]) == 0
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    edited = load_adapter(out / "edit", ComptuneLMForCausalLM.from_pretrained(files / "model")).eval()
+    expected = edited(input_ids=ids).logits
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", trust_remote_code=True).eval()
+    lora = PeftModel.from_pretrained(ComptuneLMForCausalLM.from_pretrained(files / "model"), tmp_path / "lora").eval()
+    base = ComptuneLMForCausalLM.from_pretrained(files / "model").eval()(ids).logits
+    assert not torch.allclose(expected, base, atol=1e-4)  # the edit does something
+    assert torch.allclose(merged(ids).logits, expected, atol=1e-5)
+    assert torch.allclose(lora(input_ids=ids).logits, expected, atol=1e-5)

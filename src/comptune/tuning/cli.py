@@ -41,6 +41,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_tune)
 
+    a = sub.add_parser("adapter", help="merge a saved component-scale edit into a plain model, or export it as an exact PEFT LoRA")
+    asub = a.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
+    for name, helptext in (("merge", "write the plain model with W' = W + Σ(s−1)u vᵀ (save_pretrained; loads in transformers without comptune)"),
+                           ("export-lora", "write an exact PEFT LoRA (rank = scaled subcomponents per module) for PeftModel.from_pretrained")):
+        q = asub.add_parser(name, help=helptext)
+        q.add_argument("adapter", type=Path, help="adapter folder (OUT/edit of `comptune tune`, or a sweep's saved edit)")
+        q.add_argument("--model", type=Path, default=None, help="the model the adapter was trained on (default: the bundled model)")
+        q.add_argument("--out", type=Path, required=True)
+        q.set_defaults(func=_adapter, adapter_action=name)
+
+
+def _adapter(args) -> int:
+    from ..corpus.bundle import bundled_model_dir
+    from ..model.loading import load_model_and_tokenizer
+    from .component_scale import load_adapter
+
+    model, tokenizer = load_model_and_tokenizer(args.model or bundled_model_dir())
+    edited = load_adapter(args.adapter, model)
+    if args.adapter_action == "merge":
+        merged = edited.merge_and_unload()
+        merged.save_pretrained(args.out)
+        tokenizer.save_pretrained(args.out)
+        print(f"merged model written to {args.out}")
+    else:
+        edited.export_peft_lora(args.out)
+        print(f"PEFT LoRA written to {args.out}")
+    return 0
+
 
 _OVERRIDES = ("method", "budget", "seed", "lr", "lambda_retain", "l1", "lora_rank", "lora_alpha", "ci_threshold", "max_steps", "patience", "seq_len")
 
