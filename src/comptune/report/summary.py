@@ -191,7 +191,7 @@ def _summary_markdown(res, rows, table, figures, scalar_methods, rollout_rows, c
     for m in cfg.methods:
         info = sel.get(m.name, {})
         chosen_sel = info.get("selection") or {}
-        keys = chosen_sel.get("keys") or chosen_sel.get("modules") or []
+        keys = chosen_sel.get("keys") or []  # a modules selection is named by its criterion already
         shown = ", ".join(f"`{k}`" for k in keys[:4]) + (f" … ({len(keys)})" if len(keys) > 4 else "")
         kind = m.method + (f" r{m.lora_rank}" if m.method == "lora" else "")
         alphas = ", ".join(f"{a:g}" for a in m.alphas) if m.method in ("lora", "lora_local") else "–"
@@ -240,8 +240,8 @@ def _summary_markdown(res, rows, table, figures, scalar_methods, rollout_rows, c
 
     if scalar_methods:
         L += ["", "## Learned scalars", "", "![scalars](scalars.png)", "",
-              "Per chosen run, the scalars of each method: inverting (s < 0) / suppressing (0 ≤ s < 1) / amplifying (s > 1).", "",
-              "| method | budget | runs | inverting | suppressing | amplifying | median s |", "|---|---|---|---|---|---|---|"]
+              "The learned scalars of the chosen runs, counted per scalar: inverting (s < 0), suppressing (0 ≤ s ≤ 1), amplifying (s > 1).", "",
+              "| method | budget | runs | scalars | inverting | suppressing | amplifying | median s |", "|---|---|---|---|---|---|---|---|"]
         for m in scalar_methods:
             for b in budgets:
                 vals = sorted(v for r in rows if r["method"] == m and r["budget"] == b for v in r["final_scalars"].values())
@@ -250,7 +250,7 @@ def _summary_markdown(res, rows, table, figures, scalar_methods, rollout_rows, c
                 n_runs = sum(1 for r in rows if r["method"] == m and r["budget"] == b)
                 inv = sum(v < 0 for v in vals)
                 amp = sum(v > 1 for v in vals)
-                L.append(f"| {m} | {b} | {n_runs} | {inv} | {len(vals) - inv - amp} | {amp} | {vals[len(vals) // 2]:+.3g} |")
+                L.append(f"| {m} | {b} | {n_runs} | {len(vals)} | {inv} | {len(vals) - inv - amp} | {amp} | {vals[len(vals) // 2]:+.3g} |")
 
     if rollout_rows:
         L += ["", f"## Rollouts (greedy, {cfg.rollout.max_new_tokens} new tokens)", "",

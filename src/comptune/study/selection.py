@@ -100,7 +100,7 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
             continue
         modules = sel.modules or (_modules_of(resolved[sel.modules_of]) if sel.modules_of else [])
         if sel.rank is None:
-            resolved[spec.name] = {"selection": Selection(modules=modules).model_dump(), "ranking": None, "criterion": f"all of {modules}"}
+            resolved[spec.name] = {"selection": Selection(modules=modules).model_dump(), "ranking": None, "criterion": f"every unit of {', '.join(modules)}"}
             continue
         if blocks is None:
             blocks = {n: sample_blocks(n, tokenizer, sd.block_len, sd.max_blocks) for n in names}
