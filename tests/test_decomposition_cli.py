@@ -57,7 +57,15 @@ def test_decompose_then_report(files, tmp_path, capsys):
     saved = json.loads((tmp_path / "q.json").read_text())
     assert saved["report"]["n_tokens"] == 30 and "torch" in saved["versions"]
     model = ComptuneLMForCausalLM.from_pretrained(files / "model")
-    assert Decomposition.load(out, model).module_paths == ["h.0.attn.v_proj", "h.1.attn.v_proj", "h.1.mlp.c_fc"]
+    final = Decomposition.load(out, model)
+    assert final.module_paths == ["h.0.attn.v_proj", "h.1.attn.v_proj", "h.1.mlp.c_fc"]
+
+    # a snapshot of the run's checkpoint is the same decomposition as the one the run saved
+    assert main(["decomposition", "snapshot", str(out), "--model", str(files / "model"), "--out", str(tmp_path / "snap")]) == 0
+    snap = Decomposition.load(tmp_path / "snap", model)
+    assert snap.provenance["step"] == 4 and snap.provenance["completed"]
+    for (name, a), (_, b) in zip(final.state_dict().items(), snap.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_bad_input_is_one_line(files, tmp_path, capsys):

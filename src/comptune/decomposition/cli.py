@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, help="also write the report as JSON here")
     r.set_defaults(func=_report)
 
+    sn = saved.add_parser("snapshot", help="save the latest checkpoint of a decompose run (even one still running) as a loadable decomposition")
+    sn.add_argument("run", type=Path, help="the decompose run folder (holds checkpoint.safetensors)")
+    sn.add_argument("--model", type=Path, required=True, help="the run's target model folder")
+    sn.add_argument("--out", type=Path, required=True)
+    sn.set_defaults(func=_snapshot)
+
     try:
         from . import goodfire
     except ModuleNotFoundError:
@@ -124,4 +130,14 @@ def _report(args) -> int:
     if args.out:
         write_json_atomic(args.out, result)
         print(f"report written to {args.out}")
+    return 0
+
+
+def _snapshot(args) -> int:
+    from ..model.loading import load_model_and_tokenizer
+    from .train import snapshot
+
+    model, _ = load_model_and_tokenizer(args.model)
+    d = snapshot(args.run, model, args.out)
+    print(f"step {d.provenance['step']} of {d.provenance['steps_planned']} written to {args.out}")
     return 0

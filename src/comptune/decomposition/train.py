@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch.profiler import record_function
@@ -282,9 +283,7 @@ def decompose(
     tensors = None
     if resuming:
         tensors, meta = _read_checkpoint(ckpt_path, config, world_size)
-        for k, p in decomposition.named_parameters():
-            if p.requires_grad:
-                p.data.copy_(tensors[f"params.{k}"])
+        _load_trained_params(decomposition, tensors)
         step = meta["step"]
     else:
         _faithfulness_warmup(decomposition, config)
@@ -476,9 +475,17 @@ def _mse(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(out, ref.detach())
 
 
-def _read_checkpoint(path: Path, config: DecomposeConfig, world_size: int) -> tuple[dict, dict]:
+def _load_trained_params(decomposition: Decomposition, tensors: dict[str, torch.Tensor]) -> None:
+    for k, p in decomposition.named_parameters():
+        if p.requires_grad:
+            p.data.copy_(tensors[f"params.{k}"])
+
+
+def _checkpoint_meta(path: Path) -> dict:
     from safetensors import SafetensorError, safe_open
 
+    if not path.is_file():
+        raise FileNotFoundError(f"no decompose checkpoint at {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("state", "{}"))
@@ -486,6 +493,25 @@ def _read_checkpoint(path: Path, config: DecomposeConfig, world_size: int) -> tu
         raise ValueError(f"checkpoint {path} is not a valid safetensors file ({e}); delete it to start afresh") from e
     if "step" not in meta:
         raise ValueError(f"{path} is not a decompose checkpoint (no training state in its metadata)")
+    return meta
+
+
+def snapshot(run_dir: str | Path, target: nn.Module, out_dir: str | Path) -> Decomposition:
+    """Save the latest checkpoint of a decompose run (running, stopped or finished) as a plain
+    decomposition that loads without training state — to inspect or edit with a run mid-way."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    meta = _checkpoint_meta(path)
+    config = DecomposeConfig.model_validate(meta["config"])
+    decomposition = Decomposition.create(target, config.patterns, config.ci)
+    _load_trained_params(decomposition, load_safetensors(path))
+    decomposition.config = config.model_dump(mode="json")
+    decomposition.provenance = {"snapshot_of": str(run_dir), "step": meta["step"], "steps_planned": config.steps, "completed": meta["step"] >= config.steps}
+    decomposition.save(out_dir)
+    return decomposition
+
+
+def _read_checkpoint(path: Path, config: DecomposeConfig, world_size: int) -> tuple[dict, dict]:
+    meta = _checkpoint_meta(path)
     changed = _changed_fields(meta["config"], config.model_dump(mode="json"))
     if changed:
         raise ValueError(f"checkpoint {path} was written with a different config ({', '.join(changed)}); resume with the same config or use a new output folder")
