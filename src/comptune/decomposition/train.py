@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Literal
@@ -35,6 +34,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .._io import append_jsonl, load_safetensors, read_jsonl, save_safetensors_atomic, versions, write_json_atomic
+from .._signals import StopRequested
 from ..config import StrictConfig
 from .ci import CIConfig
 from .decomposed import Decomposition
@@ -167,33 +167,6 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-class _StopRequested:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints and returns at the end of the current step."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        if _in_main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 def _dist_setup() -> tuple[int, int, torch.device]:
     """(rank, world size, device); joins the process group that torchrun describes, if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -307,7 +280,7 @@ def decompose(
     t0, start_step = time.time(), step
     bar = tqdm(total=config.steps, initial=step, desc="decompose", dynamic_ncols=True, disable=rank != 0)
     stopped = False
-    with _StopRequested() as stop:
+    with StopRequested() as stop:
         while step < config.steps:
             if evaluate and step % config.eval_every == 0 and rank == 0:
                 _log_eval(decomposition, eval_blocks, config, out_dir, step, bar)

@@ -9,7 +9,6 @@ as in the reference study's model.
 from __future__ import annotations
 
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .._io import load_safetensors, save_safetensors_atomic, versions, write_json_atomic
+from .._signals import StopRequested
 from ..config import StrictConfig
 from ..corpus.datasets import mix_windows
 from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
@@ -71,26 +71,6 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 def sample_batch(streams: dict[str, torch.Tensor], cfg: PretrainConfig, gen: torch.Generator) -> torch.Tensor:
     """[batch_size, n_ctx] windows; each row's language drawn with the mix probabilities."""
     return mix_windows(streams, cfg.mix, cfg.batch_size, cfg.n_ctx, gen)
-
-
-class _StopRequested:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.Tensor], tokenizer=None, *, resume: bool = True) -> ComptuneLMForCausalLM:
@@ -152,7 +132,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
     model.train()
     t0, tokens_seen = time.time(), 0
     bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", dynamic_ncols=True)
-    with _StopRequested() as stop:
+    with StopRequested() as stop:
         while step < cfg.max_steps:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
