@@ -110,3 +110,17 @@ def test_pretrain_rejects_tokenizer_model_mismatch(tmp_path):
     cfg = PretrainConfig(**TINY, mix={"en": 1.0}, max_steps=1)
     with pytest.raises(ValueError, match="tokenizer and model do not match"):
         pretrain(cfg, tmp_path, {"en": torch.full((100,), 500)})
+
+
+def test_shipped_model_carries_the_current_modeling_file():
+    """The bundled model's copy of modeling_comptune.py (what transformers loads without comptune)
+    must be the package's own: a change to the architecture file needs a re-saved bundle."""
+    from pathlib import Path
+
+    from comptune.corpus.bundle import bundled_model_dir
+    from comptune.model import modeling_comptune
+
+    shipped = bundled_model_dir() / "modeling_comptune.py"
+    if not shipped.is_file():
+        pytest.skip("bundled model not present")
+    assert shipped.read_text() == Path(modeling_comptune.__file__).read_text()
