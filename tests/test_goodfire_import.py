@@ -55,8 +55,10 @@ def target():
 # ---------------------------------------------------------------------------- reference writers
 
 
-def reference_checkpoint(target, ci_kind, C=C):
-    """The newest reference state dict: target_model.*, _components.* (V [d_in,C], U [C,d_out]), ci_fn.*."""
+def reference_checkpoint(target, ci_kind, C=C, hidden=(MLP_HIDDEN,)):
+    """The newest reference state dict: target_model.*, _components.* (V [d_in,C], U [C,d_out]), ci_fn.*.
+
+    `hidden`: the hidden widths of a vector_mlp / shared_mlp CI function."""
     g = torch.Generator().manual_seed(1)
     sd = {f"target_model.{k}": v.clone() for k, v in target.state_dict().items()}
     for p in PATHS:
@@ -78,6 +80,18 @@ def reference_checkpoint(target, ci_kind, C=C):
             sd[b + "mlp.2.b"] = torch.randn(CI_D, generator=g) / 4
         sd[pre + "_output_head.W"] = torch.randn(CI_D, sum(C.values()), generator=g) / 3
         sd[pre + "_output_head.b"] = torch.randn(sum(C.values()), generator=g) / 4
+    elif ci_kind == "vector_mlp":  # per subcomponent an MLP of x: ParallelLinear W [C, in, out], b [C, out]
+        for p in PATHS:
+            widths = [D_IN[p], *hidden, 1]
+            for k, (i, o) in enumerate(zip(widths[:-1], widths[1:])):
+                sd[f"ci_fn._ci_fns.{dashed(p)}.layers.{2 * k}.W"] = torch.randn(C[p], i, o, generator=g) / math.sqrt(i)
+                sd[f"ci_fn._ci_fns.{dashed(p)}.layers.{2 * k}.b"] = torch.randn(C[p], o, generator=g) / 4
+    elif ci_kind == "shared_mlp":  # one MLP x -> C per module: their Linear W [in, out], b [out]
+        for p in PATHS:
+            widths = [D_IN[p], *hidden, C[p]]
+            for k, (i, o) in enumerate(zip(widths[:-1], widths[1:])):
+                sd[f"ci_fn._ci_fns.{dashed(p)}.layers.{2 * k}.W"] = torch.randn(i, o, generator=g) / math.sqrt(i)
+                sd[f"ci_fn._ci_fns.{dashed(p)}.layers.{2 * k}.b"] = torch.randn(o, generator=g) / 4
     else:  # layerwise `mlp`: ParallelLinear W [C, in, out], b [C, out]
         for p in PATHS:
             pre = f"ci_fn._ci_fns.{dashed(p)}.layers."
@@ -96,6 +110,10 @@ GLOBAL_CI = {
     },
 }
 LAYERWISE_CI = {"mode": "layerwise", "fn_type": "mlp", "hidden_dims": [MLP_HIDDEN]}
+VECTOR_CI = {"mode": "layerwise", "fn_type": "vector_mlp", "hidden_dims": [MLP_HIDDEN]}
+SHARED_CI = {"mode": "layerwise", "fn_type": "shared_mlp", "hidden_dims": [MLP_HIDDEN]}
+CI_CONFIGS = {"global": GLOBAL_CI, "layerwise": LAYERWISE_CI, "vector_mlp": VECTOR_CI, "shared_mlp": SHARED_CI}
+OUR_CI_TYPE = {"global": "global_transformer", "layerwise": "layerwise_mlp", "vector_mlp": "vector_mlp", "shared_mlp": "shared_mlp"}
 
 
 def spd_config(ci):
@@ -177,6 +195,43 @@ def reference_layerwise_ci(sd, acts):
     return out
 
 
+def reference_vector_ci(sd, acts):
+    """Their VectorMLPCiFn, one subcomponent at a time: MLP c maps the raw input x [..., d_in] to one logit."""
+    out = {}
+    for p, x in acts.items():
+        pre = f"ci_fn._ci_fns.{dashed(p)}.layers."
+        n_layers = len([k for k in sd if k.startswith(pre) and k.endswith(".W")])
+        logits = []
+        for c in range(C[p]):
+            h = x
+            for k in range(n_layers):
+                h = h @ sd[f"{pre}{2 * k}.W"][c] + sd[f"{pre}{2 * k}.b"][c]
+                h = F.gelu(h) if k < n_layers - 1 else h
+            logits.append(h[..., 0])  # the last layer has one output
+        out[p] = torch.stack(logits, -1)
+    return out
+
+
+def reference_shared_ci(sd, acts):
+    """Their VectorSharedMLPCiFn: one MLP per module, x [..., d_in] -> [..., C], GELU between layers."""
+    out = {}
+    for p, x in acts.items():
+        pre = f"ci_fn._ci_fns.{dashed(p)}.layers."
+        n_layers = len([k for k in sd if k.startswith(pre) and k.endswith(".W")])
+        h = x
+        for k in range(n_layers):
+            h = h @ sd[f"{pre}{2 * k}.W"] + sd[f"{pre}{2 * k}.b"]
+            h = F.gelu(h) if k < n_layers - 1 else h
+        out[p] = h
+    return out
+
+
+def reference_ci(sd, acts, ci_kind, C=C):
+    if ci_kind == "global":
+        return reference_global_ci(sd, acts, C)
+    return {"layerwise": reference_layerwise_ci, "vector_mlp": reference_vector_ci, "shared_mlp": reference_shared_ci}[ci_kind](sd, acts)
+
+
 def random_acts(seed=3, B=2, T=7):
     g = torch.Generator().manual_seed(seed)
     return {p: torch.randn(B, T, D_IN[p], generator=g) * 2 for p in PATHS}
@@ -189,7 +244,7 @@ def assert_matches_reference(decomposition, sd, ci_kind, C=C):
         assert torch.equal(comps.V, V) and torch.equal(comps.U, U)
         assert torch.allclose(comps.weight(), (V @ U).T)  # unmasked weight [d_out, d_in]
     acts = random_acts()
-    expected = reference_global_ci(sd, acts, C) if ci_kind == "global" else reference_layerwise_ci(sd, acts)
+    expected = reference_ci(sd, acts, ci_kind, C)
     got = decomposition.ci_logits(acts)
     for p in PATHS:
         assert torch.allclose(got[p], expected[p], atol=1e-5), p
@@ -198,10 +253,10 @@ def assert_matches_reference(decomposition, sd, ci_kind, C=C):
 # ---------------------------------------------------------------------------- imports
 
 
-@pytest.mark.parametrize("ci_kind", ["global", "layerwise"])
+@pytest.mark.parametrize("ci_kind", list(CI_CONFIGS))
 @pytest.mark.parametrize("schema", ["spd", "param_decomp"])
 def test_import_matches_reference_math(tmp_path, target, ci_kind, schema):
-    ci = GLOBAL_CI if ci_kind == "global" else LAYERWISE_CI
+    ci = CI_CONFIGS[ci_kind]
     config, name = (spd_config(ci), "final_config.yaml") if schema == "spd" else (param_decomp_config(ci), "experiment_config.yaml")
     sd = reference_checkpoint(target, ci_kind)
     older = {k: v * 0 for k, v in sd.items()}  # an earlier checkpoint that must not be picked
@@ -209,7 +264,7 @@ def test_import_matches_reference_math(tmp_path, target, ci_kind, schema):
     out = tmp_path / "out"
     decomposition = import_goodfire(run, out, target=target)
     assert decomposition.module_paths == PATHS
-    assert decomposition.ci_config.type == ("global_transformer" if ci_kind == "global" else "layerwise_mlp")
+    assert decomposition.ci_config.type == OUR_CI_TYPE[ci_kind]
     assert_matches_reference(decomposition, sd, ci_kind)
 
     meta = yaml.safe_load((out / "decomposition.json").read_text())
@@ -288,6 +343,28 @@ def test_legacy_key_layouts_import_the_same(tmp_path, target, era):
     decomposition = import_goodfire(run, tmp_path / "out", target=target)
     assert_matches_reference(decomposition, sd, "layerwise", C_used)
     assert decomposition.provenance["sigmoid_type"] == ("first_release" if era == "first_release" else "leaky_hard")
+
+
+@pytest.mark.parametrize("fn_type, hidden", [("vector_mlp", [MLP_HIDDEN, 3]), ("shared_mlp", [])])
+def test_older_schema_ci_fn_type_imports_vector_and_shared_mlps(tmp_path, target, fn_type, hidden):
+    """`ci_fn_type` / `ci_fn_hidden_dims` config fields and top-level `_ci_fns.` keys (Oct 2025); shared_mlp
+    without hidden layers is one affine map x -> C."""
+    config = {k: v for k, v in spd_config(LAYERWISE_CI).items() if k != "ci_config"}
+    config.update(ci_fn_type=fn_type, ci_fn_hidden_dims=hidden)
+    sd = reference_checkpoint(target, fn_type, hidden=hidden)
+    run = write_run(tmp_path / "run", "final_config.yaml", config, {4: to_legacy(sd, "top_level_ci_fns")})
+    decomposition = import_goodfire(run, tmp_path / "out", target=target)
+    assert decomposition.ci_config.hidden_dims == hidden
+    assert_matches_reference(decomposition, sd, fn_type)
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(4))
+    acts = {}  # the CI function reads the raw pre-weight activations of a real forward
+    hooks = [target.get_submodule(p).register_forward_pre_hook(lambda m, a, p=p: acts.__setitem__(p, a[0])) for p in PATHS]
+    target(ids)
+    for h in hooks:
+        h.remove()
+    ci = decomposition.causal_importance(ids).lower
+    for p, z in reference_ci(sd, acts, fn_type).items():
+        assert torch.allclose(ci[p], z.clamp(0, 1), atol=1e-5)
 
 
 def test_first_release_linear_gate_becomes_an_affine_ci(tmp_path, target):
@@ -413,8 +490,13 @@ def test_bad_inputs_give_clear_errors(tmp_path, target):
     with pytest.raises(ValueError, match="n_heads or rope_base"):
         import_goodfire(run, tmp_path / "o", target=target)
 
-    run = write_run(tmp_path / "vector", "final_config.yaml", spd_config({"mode": "layerwise", "fn_type": "vector_mlp", "hidden_dims": [4]}), {1: sd})
-    with pytest.raises(ValueError, match="vector_mlp"):
+    run = write_run(tmp_path / "global_mlp", "final_config.yaml", spd_config({"mode": "global", "fn_type": "global_shared_mlp", "hidden_dims": [4]}), {1: sd})
+    with pytest.raises(ValueError, match="'global_shared_mlp'.*no comptune counterpart"):
+        import_goodfire(run, tmp_path / "o", target=target)
+
+    vector_sd = reference_checkpoint(target, "vector_mlp")  # config and checkpoint disagree on the CI type
+    run = write_run(tmp_path / "mismatch", "final_config.yaml", spd_config(SHARED_CI), {1: vector_sd})
+    with pytest.raises(ValueError, match=r"shared_mlp stores W \[in, out\]"):
         import_goodfire(run, tmp_path / "o", target=target)
 
     other = ComptuneLMForCausalLM(ComptuneLMConfig(**TINY)).eval()  # same shapes, other weights

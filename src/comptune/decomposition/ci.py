@@ -3,6 +3,9 @@
 - `LayerwiseMLPCI` (SPD): for every subcomponent a tiny MLP of its own scalar inner activation
   a_c = v_cᵀ x. All C MLPs of a module are stored batched (weights [C, in, out]) so a module costs
   one batched matmul per layer, not C small ones.
+- `VectorMLPCI` (reference `vector_mlp`): for every subcomponent an MLP of the module's whole
+  pre-weight activation x, batched the same way.
+- `SharedMLPCI` (reference `shared_mlp`): one MLP per module mapping x to all C logits.
 - `GlobalTransformerCI` (VPD): one bidirectional transformer over the sequence that sees the
   pre-weight activations of every decomposed matrix at once.
 
@@ -24,10 +27,13 @@ from pydantic import Field, model_validator
 from ..config import StrictConfig
 
 
+LAYERWISE_TYPES = ("layerwise_mlp", "vector_mlp", "shared_mlp")
+
+
 class CIConfig(StrictConfig):
-    type: Literal["global_transformer", "layerwise_mlp"] = "global_transformer"
+    type: Literal["global_transformer", "layerwise_mlp", "vector_mlp", "shared_mlp"] = "global_transformer"
     leaky_alpha: float = Field(default=0.01, ge=0.0)  # slope of both leaky hard sigmoids
-    # layerwise_mlp: hidden widths of each per-subcomponent MLP (SPD: [16]; [] = affine 1 -> 1)
+    # layerwise types: hidden widths of each MLP (SPD: [16]; [] = a single affine map)
     hidden_dims: list[int] = Field(default_factory=lambda: [16])
     # global_transformer (paper sizes)
     d_model: int = Field(default=2048, gt=0)
@@ -49,7 +55,7 @@ class CIConfig(StrictConfig):
 
     def sizes(self) -> dict:
         """The fields that define the CI function's shape (what the saved JSON records)."""
-        if self.type == "layerwise_mlp":
+        if self.type in LAYERWISE_TYPES:
             return {"type": self.type, "leaky_alpha": self.leaky_alpha, "hidden_dims": list(self.hidden_dims)}
         return self.model_dump(exclude={"hidden_dims"})
 
@@ -60,11 +66,14 @@ def dashed(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# SPD: per-subcomponent MLPs
+# Layerwise: one CI function per decomposed module
 
 
 class ParallelLinear(nn.Module):
-    """C independent affine maps applied side by side: [..., C, d_in] -> [..., C, d_out]."""
+    """C independent affine maps applied side by side: [..., C, d_in] -> [..., C, d_out].
+
+    An input [..., 1, d_in] is shared by all C maps (einsum broadcasts the size-1 dimension).
+    """
 
     def __init__(self, C: int, d_in: int, d_out: int, gain: float):
         super().__init__()
@@ -75,35 +84,83 @@ class ParallelLinear(nn.Module):
         return torch.einsum("...ci,cio->...co", x, self.W) + self.b
 
 
-class ScalarMLPs(nn.Module):
-    """One MLP 1 -> hidden_dims -> 1 per subcomponent (GELU between layers)."""
+def _mlp_layers(widths: list[int], linear) -> nn.Sequential:
+    """linear(d_in, d_out, gain) per consecutive pair of widths, exact GELU between them.
 
-    def __init__(self, C: int, hidden_dims: list[int]):
+    Kaiming-normal gains as in the reference: sqrt(2) into a GELU, 1 for the output layer.
+    State keys are {0,2,..}.<param>.
+    """
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+        last = i == len(widths) - 2
+        layers.append(linear(d_in, d_out, 1.0 if last else math.sqrt(2.0)))
+        if not last:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+class ParallelMLPs(nn.Module):
+    """C independent MLPs d_in -> hidden_dims -> 1, run side by side."""
+
+    def __init__(self, C: int, d_in: int, hidden_dims: list[int]):
         super().__init__()
-        widths = [1, *hidden_dims, 1]
-        layers: list[nn.Module] = []
-        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
-            last = i == len(widths) - 2
-            layers.append(ParallelLinear(C, d_in, d_out, gain=1.0 if last else math.sqrt(2.0)))
-            if not last:
-                layers.append(nn.GELU())
-        self.layers = nn.Sequential(*layers)  # state keys layers.{0,2,..}.{W,b}, as in the reference
+        self.layers = _mlp_layers([d_in, *hidden_dims, 1], lambda i, o, gain: ParallelLinear(C, i, o, gain))  # keys layers.{k}.{W,b}, as in the reference
 
-    def forward(self, inner_acts: torch.Tensor) -> torch.Tensor:
-        return self.layers(inner_acts.unsqueeze(-1)).squeeze(-1)  # [..., C] -> [..., C]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).squeeze(-1)  # [..., C or 1, d_in] -> [..., C, 1] -> [..., C]
+
+
+def _normal_linear(d_in: int, d_out: int, gain: float) -> nn.Linear:
+    """nn.Linear initialised like ParallelLinear (and the reference's `Linear`): N(0, gain²/d_in), zero bias."""
+    linear = nn.Linear(d_in, d_out)
+    nn.init.normal_(linear.weight, std=gain / math.sqrt(d_in))
+    nn.init.zeros_(linear.bias)
+    return linear
 
 
 class LayerwiseMLPCI(nn.Module):
+    """SPD: subcomponent c's logit is an MLP 1 -> hidden -> 1 of its own inner activation a_c."""
+
     input_kind = "inner_acts"
 
     def __init__(self, C: dict[str, int], hidden_dims: list[int]):
         super().__init__()
         self.module_paths = sorted(C)
-        self.mlps = nn.ModuleDict({dashed(p): ScalarMLPs(C[p], hidden_dims) for p in self.module_paths})
+        self.mlps = nn.ModuleDict({dashed(p): ParallelMLPs(C[p], 1, hidden_dims) for p in self.module_paths})
 
     def forward(self, inner_acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{path: a [..., C]} -> {path: logits [..., C]}."""
-        return {p: self.mlps[dashed(p)](inner_acts[p]) for p in self.module_paths}
+        return {p: self.mlps[dashed(p)](inner_acts[p].unsqueeze(-1)) for p in self.module_paths}  # a_c is MLP c's only input
+
+
+class VectorMLPCI(nn.Module):
+    """Subcomponent c's logit is its own MLP d_in -> hidden -> 1 of the module's whole input x."""
+
+    input_kind = "pre_weight_acts"
+
+    def __init__(self, C: dict[str, int], d_in: dict[str, int], hidden_dims: list[int]):
+        super().__init__()
+        self.module_paths = sorted(C)
+        self.mlps = nn.ModuleDict({dashed(p): ParallelMLPs(C[p], d_in[p], hidden_dims) for p in self.module_paths})
+
+    def forward(self, pre_weight_acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{path: x [..., d_in]} -> {path: logits [..., C]}."""
+        return {p: self.mlps[dashed(p)](pre_weight_acts[p].unsqueeze(-2)) for p in self.module_paths}  # all C MLPs read x
+
+
+class SharedMLPCI(nn.Module):
+    """One MLP per module, d_in -> hidden -> C, on the module's input x (raw, not normalised)."""
+
+    input_kind = "pre_weight_acts"
+
+    def __init__(self, C: dict[str, int], d_in: dict[str, int], hidden_dims: list[int]):
+        super().__init__()
+        self.module_paths = sorted(C)
+        self.mlps = nn.ModuleDict({dashed(p): _mlp_layers([d_in[p], *hidden_dims, C[p]], _normal_linear) for p in self.module_paths})
+
+    def forward(self, pre_weight_acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{path: x [..., d_in]} -> {path: logits [..., C]}."""
+        return {p: self.mlps[dashed(p)](pre_weight_acts[p]) for p in self.module_paths}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,4 +233,8 @@ class GlobalTransformerCI(nn.Module):
 def build_ci_fn(config: CIConfig, C: dict[str, int], d_in: dict[str, int]) -> nn.Module:
     if config.type == "layerwise_mlp":
         return LayerwiseMLPCI(C, config.hidden_dims)
+    if config.type == "vector_mlp":
+        return VectorMLPCI(C, d_in, config.hidden_dims)
+    if config.type == "shared_mlp":
+        return SharedMLPCI(C, d_in, config.hidden_dims)
     return GlobalTransformerCI(C, d_in, config.d_model, config.n_blocks, config.n_heads, config.d_ff, config.rope_base)

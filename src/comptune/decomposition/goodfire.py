@@ -499,10 +499,15 @@ def _target_from_weights(path: Path, config: GoodfireConfig) -> tuple[nn.Module,
 # --------------------------------------------------------------------------- onto comptune's classes
 
 
+# their layerwise `ci_fn_type` -> our CIConfig.type
+_LAYERWISE_CI_TYPES = {"mlp": "layerwise_mlp", "vector_mlp": "vector_mlp", "shared_mlp": "shared_mlp"}
+_SHARED_MLP_KEY_RE = re.compile(r"^_ci_fns\.(?P<module>[^.]+)\.layers\.(?P<layer>\d+)\.(?P<leaf>W|b)$")
+
+
 def ci_config_for(spec: CIFnSpec) -> CIConfig:
     """Our CIConfig for their CI function, or a clear error for the variants we cannot run."""
-    if spec.fn_type == "mlp":
-        return CIConfig(type="layerwise_mlp", hidden_dims=list(spec.hidden_dims))
+    if spec.fn_type in _LAYERWISE_CI_TYPES:
+        return CIConfig(type=_LAYERWISE_CI_TYPES[spec.fn_type], hidden_dims=list(spec.hidden_dims))
     if spec.fn_type == "global_shared_transformer":
         if len(spec.mlp_hidden_dims) != 1:
             raise ValueError(
@@ -514,15 +519,13 @@ def ci_config_for(spec: CIFnSpec) -> CIConfig:
             d_ff=spec.mlp_hidden_dims[0], rope_base=spec.rope_base,
         )
     what = {
-        "vector_mlp": "per-subcomponent MLPs on the whole input x",
-        "shared_mlp": "one MLP per module mapping x to all C logits",
         "global_shared_mlp": "one MLP on the concatenated raw inputs of all modules",
         "global_reverse_residual": "the reverse-residual global CI function",
         "layerwise_global_mlp": "the layerwise-global MLP",
     }.get(spec.fn_type, "an unknown CI function")
     raise ValueError(
         f"the run's CI function {spec.fn_type!r} ({what}) has no comptune counterpart; supported: 'mlp' "
-        "(LayerwiseMLPCI) and 'global_shared_transformer' (GlobalTransformerCI)"
+        "(LayerwiseMLPCI), 'vector_mlp' (VectorMLPCI), 'shared_mlp' (SharedMLPCI) and 'global_shared_transformer' (GlobalTransformerCI)"
     )
 
 
@@ -536,12 +539,27 @@ _GLOBAL_KEY_RE = re.compile(
 def ci_state_dict(spec: CIFnSpec, ci_fn: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Their `ci_fn.*` tensors under our CI function's state-dict names.
 
-    Layerwise: `_ci_fns.<dashed>.layers.{k}.{W,b}` -> `mlps.<dashed>.layers.{k}.{W,b}` (the same
-    ParallelLinear [C, in, out] layout). Global: their `Linear.W` [in, out] -> nn.Linear `weight`
-    [out, in] (transposed), `b` -> `bias`, `out_proj` -> `o_proj`; the stored RoPE `inv_freq` must
-    match the frequencies our attention computes from d_model / n_heads / rope_base.
+    Layerwise `mlp` / `vector_mlp`: `_ci_fns.<dashed>.layers.{k}.{W,b}` -> `mlps.<dashed>.layers.{k}.{W,b}`
+    (the same ParallelLinear [C, in, out] layout). `shared_mlp`: their `Linear`
+    `_ci_fns.<dashed>.layers.{k}.W` [in, out] -> nn.Linear `mlps.<dashed>.{k}.weight` [out, in]
+    (transposed), `b` -> `bias`. Global: their `Linear.W` [in, out] -> nn.Linear `weight` [out, in]
+    (transposed), `b` -> `bias`, `out_proj` -> `o_proj`; the stored RoPE `inv_freq` must match the
+    frequencies our attention computes from d_model / n_heads / rope_base.
     """
     out: dict[str, torch.Tensor] = {}
+    if spec.fn_type == "shared_mlp":
+        for k, v in ci_fn.items():
+            m = _SHARED_MLP_KEY_RE.match(k)
+            if m is None:
+                raise ValueError(f"checkpoint CI key ci_fn.{k} is not part of a shared_mlp CI function (_ci_fns.<module>.layers.<k>.W/b)")
+            if v.ndim != (2 if m["leaf"] == "W" else 1):
+                raise ValueError(
+                    f"checkpoint CI tensor ci_fn.{k} has shape {tuple(v.shape)}, but a shared_mlp stores W [in, out] and "
+                    "b [out]; does the config's CI function type match the checkpoint?"
+                )
+            leaf, v = ("weight", v.T) if m["leaf"] == "W" else ("bias", v)
+            out[f"mlps.{m['module']}.{m['layer']}.{leaf}"] = v
+        return out
     if not spec.is_global:
         for k, v in ci_fn.items():
             if not k.startswith("_ci_fns."):
