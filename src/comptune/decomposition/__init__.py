@@ -1,6 +1,6 @@
 """comptune.decomposition: VPD/SPD parameter decomposition of a model's linear weights."""
 
-from .ci import CIConfig, GlobalTransformerCI, LayerwiseMLPCI
+from .ci import CIConfig, GlobalTransformerCI, LayerwiseMLPCI, SharedMLPCI, VectorMLPCI
 from .components import LinearComponents, format_component_key, parse_component_key
 from .decomposed import CausalImportance, Decomposition
 from .report import format_report, quality_report
@@ -18,6 +18,8 @@ __all__ = [
     "GlobalTransformerCI",
     "LayerwiseMLPCI",
     "LinearComponents",
+    "SharedMLPCI",
+    "VectorMLPCI",
     "lower_leaky_hard_sigmoid",
     "parse_component_key",
     "quality_report",
