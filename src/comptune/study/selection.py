@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from ..tuning import Components, Selection, linear_module_paths, svd_components
 from ..decomposition.components import parse_component_key
-from ..tuning.component_scale import _layer_kind, validate_keys
+from ..decomposition.components import linear_layout_weight
+from ..tuning.component_scale import validate_keys
 from .config import MethodSpec, SweepConfig
 
 # MLP output projections, whose inputs are the hidden units (ComptuneLM/Llama, GPT-2)
@@ -28,8 +29,7 @@ def neuron_components(model: nn.Module, paths: list[str]) -> dict[str, Component
     out = {}
     for path in paths:
         layer = model.get_submodule(path)
-        W = layer.weight.detach()
-        W = W if _layer_kind(layer) == "linear" else W.T  # [d_out, d_hidden]
+        W = linear_layout_weight(layer).detach()  # [d_out, d_hidden]
         out[path] = Components(V=torch.eye(W.shape[1], dtype=W.dtype), U=W.T.contiguous())
     return out
 

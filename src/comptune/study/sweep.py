@@ -28,7 +28,6 @@ import fcntl
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections import defaultdict
@@ -287,7 +286,7 @@ def _run_one(config: SweepConfig, spec: RunSpec, inputs: StudyInputs, base: dict
         tunable, result = tune(cfg, model, inputs.forget_stream, inputs.retain_stream, inputs.decomposition, decomposition_dir=config.decomposition_dir())
     except NonFiniteLossError as e:
         return {**row, "status": "non_finite", "error": str(e), "steps": e.step, "versions": versions()}
-    edit_dir = _save_edit(tunable, out_dir / "edits" / spec.run_id)
+    edit_dir = tunable.save(out_dir / "edits" / spec.run_id)
 
     t0 = time.perf_counter()
     ev = evaluate_ce(edited_lm(tunable.model), inputs.eval_blocks, batch_size=config.eval.batch_size)
@@ -338,22 +337,6 @@ def _subsample(values: list[float], n: int) -> list[list[float]]:
     if steps[-1] != len(values) - 1:
         steps.append(len(values) - 1)
     return [[i, values[i]] for i in steps]
-
-
-def _save_edit(tunable, edit_dir: Path) -> Path:
-    """Save the trained edit: ComponentScale adapters with `save_adapter`, peft models (LoRA,
-    neuron-scale IA3) with `save_pretrained` (adapter weights only). Written to a temporary
-    directory and renamed, so an edit directory is always complete."""
-    tmp = edit_dir.parent / f".{edit_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    net = tunable.model
-    if hasattr(net, "save_adapter"):
-        net.save_adapter(tmp)
-    else:
-        net.save_pretrained(str(tmp))
-    shutil.rmtree(edit_dir, ignore_errors=True)
-    os.replace(tmp, edit_dir)
-    return edit_dir
 
 
 def edited_lm(net: nn.Module) -> nn.Module:

@@ -28,8 +28,7 @@ from pydantic import Field
 
 from .._io import load_safetensors, save_safetensors_atomic, versions, write_json_atomic
 from ..config import StrictConfig
-from ..decomposition.components import linear_layout_weight, parse_component_key
-from ..decomposition.components import module_kind as _layer_kind
+from ..decomposition.components import linear_layout_weight, module_kind, parse_component_key
 from ..model.fingerprint import weights_fingerprint
 
 SIGN_CONVENTION = (
@@ -135,7 +134,7 @@ class ComponentScaleLayer(nn.Module):
                 f"d_in={d_in}, d_out={d_out} and {len(indices)} selected subcomponents"
             )
         self.base_layer = base_layer
-        self.kind = _layer_kind(base_layer)
+        self.kind = module_kind(base_layer)
         self.indices = list(indices)
         w = base_layer.weight
         self.register_buffer("V", V.detach().to(device=w.device, dtype=w.dtype).clone())  # [d_in, k] read vectors
