@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..decomposition.losses import kl_target_to_masked
+
 
 @dataclass
 class LossTerms:
@@ -38,10 +40,9 @@ def capped_forget_term(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 
 
 def retain_kl(logits: torch.Tensor, orig_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p_orig ‖ p_edited) summed over the vocabulary, averaged over positions. [B, T, V] each."""
-    log_q = F.log_softmax(logits.float(), dim=-1)
-    log_p = F.log_softmax(orig_logits.float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()  # sum over V, mean over [B, T]
+    """KL(p_orig ‖ p_edited) summed over the vocabulary, averaged over positions. [B, T, V] each.
+    The decomposition's reconstruction divergence, with the original model as the reference."""
+    return kl_target_to_masked(logits, orig_logits)
 
 
 def tuning_loss(
