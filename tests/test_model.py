@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from comptune.model import ComptuneLMConfig, ComptuneLMForCausalLM
-from comptune.model.pretrain import PretrainConfig, pretrain
+from comptune.model.pretrain import PretrainConfig, pretrain, tokenizer_sample
 from comptune.tokenizer import train_tokenizer
 
 TINY = dict(vocab_size=300, n_layer=2, d_model=32, n_head=2, d_mlp=64, n_ctx=32)
@@ -110,6 +110,22 @@ def test_pretrain_rejects_tokenizer_model_mismatch(tmp_path):
     cfg = PretrainConfig(**TINY, mix={"en": 1.0}, max_steps=1)
     with pytest.raises(ValueError, match="tokenizer and model do not match"):
         pretrain(cfg, tmp_path, {"en": torch.full((100,), 500)})
+
+
+def test_tokenizer_sample_follows_its_shares():
+    texts = {"en": ["e" * 100] * 200, "de": ["d" * 100] * 200, "code": ["c" * 100] * 200}
+    sample = tokenizer_sample(texts, {"en": 1, "de": 1, "code": 2}, n_chars=8000, seed=0)
+    chars = {lang: sum(len(t) for t in sample if t[0] == lang[0]) for lang in texts}
+    assert chars == {"en": 2000, "de": 2000, "code": 4000}
+    # a language left out of the shares is left out of the sample
+    assert not any(t[0] == "c" for t in tokenizer_sample(texts, {"en": 1, "de": 1}, 1000, 0))
+
+
+def test_tokenizer_mix_must_name_trained_languages():
+    with pytest.raises(ValueError, match=r"tokenizer_mix names \['fr'\], which are not in mix"):
+        PretrainConfig(mix={"en": 1.0}, tokenizer_mix={"en": 1.0, "fr": 1.0})
+    with pytest.raises(ValueError, match="tokenizer_mix must hold non-negative weights"):
+        PretrainConfig(mix={"en": 1.0}, tokenizer_mix={"en": -1.0})
 
 
 def test_shipped_model_carries_the_current_modeling_file():

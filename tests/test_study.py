@@ -255,7 +255,7 @@ def test_selection_in_every_basis(assets):
         inputs.model(input_ids=blocks)
     hook.remove()
     expected = hidden[0].abs().flatten(0, 1).mean(0) * inputs.model.h[1].mlp.down_proj.weight.norm(dim=0)
-    got = write_magnitudes(inputs.model, neuron_components(inputs.model, ["h.1.mlp.down_proj"]), {"d": blocks})["h.1.mlp.down_proj"][0]
+    got = write_magnitudes(inputs.model, neuron_components(inputs.model, ["h.1.mlp.down_proj"]), {"d": blocks}).values["h.1.mlp.down_proj"][0]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
     for spec in plan_runs(config, sel):

@@ -9,6 +9,7 @@ comparison with W is always made in nn.Linear layout.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -44,6 +45,60 @@ def parse_component_key(key: str) -> tuple[str, int]:
     if not sep or not path or not idx.isdigit():
         raise ValueError(f"component key {key!r} is not of the form '<module path>:<index>' (e.g. 'h.3.attn.v_proj:513')")
     return path, int(idx)
+
+
+class Components(NamedTuple):
+    """Rank-1 subcomponents of one matrix: V [d_in, C] (columns v_c), U [C, d_out] (rows u_c)."""
+
+    V: torch.Tensor
+    U: torch.Tensor
+
+
+# What a component key names a subcomponent of: a Decomposition (has `module_paths` and `get_components(path)`),
+# or a plain mapping path -> Components / (V, U) / anything with .V and .U (e.g. an SVD basis).
+ComponentSource = Any
+
+
+def source_module_paths(source: ComponentSource) -> list[str]:
+    return list(source.module_paths) if hasattr(source, "module_paths") else list(source)
+
+
+def source_components(source: ComponentSource, path: str) -> Components:
+    comp = source.get_components(path) if hasattr(source, "get_components") else source[path]
+    V, U = (comp.V, comp.U) if hasattr(comp, "V") else comp
+    return Components(V.detach(), U.detach())
+
+
+def validate_keys(source: ComponentSource, keys: list[str]) -> dict[str, list[int]]:
+    """Group keys by module, checking each names a decomposed module and an index in 0..C−1."""
+    if not keys:
+        raise ValueError("no component keys given; select at least one subcomponent ('<module path>:<index>')")
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"component keys repeat: {dup}")
+    paths = source_module_paths(source)
+    by_module: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+    for key in keys:
+        path, idx = parse_component_key(key)
+        if path not in paths:
+            valid = ", ".join(f"{p} (0..{source_components(source, p).V.shape[1] - 1})" for p in paths)
+            raise ValueError(f"unknown component key {key!r}: module {path!r} is not in the decomposition; valid modules (index range): {valid}")
+        if path not in sizes:
+            sizes[path] = source_components(source, path).V.shape[1]
+        if idx >= sizes[path]:
+            raise ValueError(f"unknown component key {key!r}: {path} has {sizes[path]} subcomponents, valid indices 0..{sizes[path] - 1}")
+        by_module.setdefault(path, []).append(idx)
+    return by_module
+
+
+def module_keys(source: ComponentSource, paths: list[str]) -> list[str]:
+    """Every subcomponent key of the given modules (the "all subcomponents + L1" variant)."""
+    known = source_module_paths(source)
+    for path in paths:
+        if path not in known:
+            raise ValueError(f"module {path!r} is not in the decomposition; valid modules: {', '.join(known)}")
+    return [f"{path}:{c}" for path in paths for c in range(source_components(source, path).V.shape[1])]
 
 
 class LinearComponents(nn.Module):

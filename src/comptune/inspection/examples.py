@@ -17,7 +17,7 @@ from collections import Counter
 
 import torch
 
-from ..decomposition.components import parse_component_key
+from ..decomposition.components import parse_component_key, validate_keys
 
 # where a module's output goes before it reaches the residual stream
 _READER_OF = {"v_proj": "o_proj", "c_fc": "down_proj"}
@@ -25,16 +25,9 @@ _READER_OF = {"v_proj": "o_proj", "c_fc": "down_proj"}
 _NOT_RESIDUAL = {"q_proj", "k_proj", "c_attn"}
 
 
-def _check_keys(decomposition, keys: list[str]) -> list[tuple[str, int]]:
-    parsed = []
-    for key in keys:
-        path, idx = parse_component_key(key)
-        if path not in decomposition.module_paths:
-            raise KeyError(f"unknown module {path!r} in key {key!r}; modules: {', '.join(decomposition.module_paths)}")
-        if not 0 <= idx < decomposition.C(path):
-            raise KeyError(f"index {idx} out of range in key {key!r}: {path} has subcomponents 0..{decomposition.C(path) - 1}")
-        parsed.append((path, idx))
-    return parsed
+def _parsed_keys(decomposition, keys: list[str]) -> list[tuple[str, int]]:
+    validate_keys(decomposition, keys)
+    return [parse_component_key(k) for k in keys]
 
 
 @torch.no_grad()
@@ -53,7 +46,7 @@ def inspect_components(
 ) -> dict[str, dict]:
     """Per key: top activating examples (firing token marked ⟦…⟧ with its CI), firing counts per
     dataset, and input/output-token PMI lists (tokens seen at least `min_count` times when firing)."""
-    parsed = _check_keys(decomposition, keys)
+    parsed = _parsed_keys(decomposition, keys)
     heaps: dict[str, list] = {k: [] for k in keys}
     fire_in = {k: Counter() for k in keys}
     fire_out = {k: Counter() for k in keys}
@@ -116,7 +109,7 @@ def _pmi(fired: Counter, overall: Counter, n_overall: int, tokenizer, top: int, 
 def write_vector_effects(model, decomposition, key: str, *, top: int = 10, tokenizer=None) -> dict | None:
     """Tokens whose logits u_c most raises / lowers along the direct path to the unembedding.
     None for subcomponents whose output never enters the residual stream linearly (q, k)."""
-    (path, idx), = _check_keys(decomposition, [key])
+    (path, idx), = _parsed_keys(decomposition, [key])
     u = decomposition.get_components(path).U[idx].detach().float()  # [d_out]
     module_name = path.rsplit(".", 1)[-1]
     if module_name in _NOT_RESIDUAL:

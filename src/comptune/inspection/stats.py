@@ -14,6 +14,20 @@ from ..decomposition.components import format_component_key, parse_component_key
 
 
 @dataclass
+class UnitScores:
+    """One score per dataset × unit, a tensor [n_datasets, r] per module path: what the rankings
+    read. Mean CI for subcomponents; other bases (neurons, singular directions) supply their own."""
+
+    datasets: list[str]
+    values: dict[str, torch.Tensor]
+
+    def row(self, dataset: str) -> int:
+        if dataset not in self.datasets:
+            raise KeyError(f"dataset {dataset!r} not in these statistics; have {self.datasets}")
+        return self.datasets.index(dataset)
+
+
+@dataclass
 class ComponentStats:
     """Per dataset × subcomponent statistics, one tensor [n_datasets, C] per module path."""
 
@@ -24,10 +38,8 @@ class ComponentStats:
     mean_abs_inner_act: dict[str, torch.Tensor]  # mean |v_cᵀ x|
     tokens: dict[str, int]  # positions seen per dataset
 
-    def _row(self, dataset: str) -> int:
-        if dataset not in self.datasets:
-            raise KeyError(f"dataset {dataset!r} not in these statistics; have {self.datasets}")
-        return self.datasets.index(dataset)
+    def scores(self, measure: str = "mean_ci") -> UnitScores:
+        return UnitScores(self.datasets, getattr(self, measure))
 
     def profile(self, key: str) -> dict[str, dict[str, float]]:
         """Mean CI, firing frequency and mean |inner act| of one subcomponent on every dataset."""
@@ -89,17 +101,24 @@ def _ranked(scores: dict[str, torch.Tensor], top: int | None, modules: list[str]
     return flat[:top] if top is not None else flat
 
 
-def rank_by_difference(stats: ComponentStats, target: str, reference: str, *, top: int | None = None, modules: list[str] | None = None) -> list[tuple[str, float]]:
-    """The study's criterion: mean CI on `target` minus mean CI on `reference` (e.g. German − English)."""
-    t, r = stats._row(target), stats._row(reference)
-    return _ranked({p: m[t] - m[r] for p, m in stats.mean_ci.items()}, top, modules)
+def rank_by_difference(stats: ComponentStats | UnitScores, target: str, reference: str, *, top: int | None = None, modules: list[str] | None = None) -> list[tuple[str, float]]:
+    """The study's criterion: score (mean CI for ComponentStats) on `target` minus on `reference`
+    (e.g. German − English), best first."""
+    s = _unit_scores(stats)
+    t, r = s.row(target), s.row(reference)
+    return _ranked({p: m[t] - m[r] for p, m in s.values.items()}, top, modules)
 
 
-def rank_by_specificity(stats: ComponentStats, target: str, protected: list[str], *, top: int | None = None, modules: list[str] | None = None) -> list[tuple[str, float]]:
-    """Mean CI on `target` minus the maximum over every protected dataset (e.g. German − max(other languages)):
-    penalises a subcomponent that fires on *any* dataset the edit should spare."""
+def rank_by_specificity(stats: ComponentStats | UnitScores, target: str, protected: list[str], *, top: int | None = None, modules: list[str] | None = None) -> list[tuple[str, float]]:
+    """Score on `target` minus the maximum over every protected dataset (e.g. German − max(other languages)):
+    penalises a unit that fires on *any* dataset the edit should spare."""
     if not protected:
         raise ValueError("rank_by_specificity needs at least one protected dataset")
-    t = stats._row(target)
-    rows = [stats._row(d) for d in protected]
-    return _ranked({p: m[t] - m[rows].max(0).values for p, m in stats.mean_ci.items()}, top, modules)
+    s = _unit_scores(stats)
+    t = s.row(target)
+    rows = [s.row(d) for d in protected]
+    return _ranked({p: m[t] - m[rows].max(0).values for p, m in s.values.items()}, top, modules)
+
+
+def _unit_scores(stats: ComponentStats | UnitScores) -> UnitScores:
+    return stats.scores() if isinstance(stats, ComponentStats) else stats

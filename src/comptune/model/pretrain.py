@@ -33,6 +33,9 @@ class PretrainConfig(StrictConfig):
     n_ctx: int = 256
     # data: share of training tokens per bundled language (train split)
     mix: dict[str, float] = Field(default_factory=lambda: {"en": 0.70, "de": 0.07, "fr": 0.05, "es": 0.05, "it": 0.05, "code": 0.08})
+    # share of the tokenizer's training sample per language; None = `mix`. Equal shares keep
+    # tokens/char alike across languages, so per-token CE compares languages fairly.
+    tokenizer_mix: dict[str, float] | None = None
     tokenizer_sample_chars: int = 20_000_000
     # optimisation
     batch_size: int = 16
@@ -50,8 +53,12 @@ class PretrainConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self):
-        if not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
-            raise ValueError(f"mix must hold non-negative weights with a positive sum, got {self.mix}")
+        for name, weights in (("mix", self.mix), ("tokenizer_mix", self.tokenizer_mix)):
+            if weights is not None and (not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0):
+                raise ValueError(f"{name} must hold non-negative weights with a positive sum, got {weights}")
+        if self.tokenizer_mix is not None and not set(self.tokenizer_mix) <= set(self.mix):
+            extra = sorted(set(self.tokenizer_mix) - set(self.mix))
+            raise ValueError(f"tokenizer_mix names {extra}, which are not in mix {sorted(self.mix)}; add them to mix or drop them")
         return self
 
     def lm_config(self) -> ComptuneLMConfig:
@@ -166,8 +173,24 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
     return model
 
 
+def tokenizer_sample(texts: dict[str, list[str]], shares: dict[str, float], n_chars: int, seed: int) -> list[str]:
+    """Whole documents drawn at random per language until each has its share of `n_chars`
+    (a language runs short only if its text is shorter than its share)."""
+    gen = torch.Generator().manual_seed(seed)
+    total = sum(shares.values())
+    sample = []
+    for lang, docs in texts.items():
+        budget = n_chars * shares.get(lang, 0.0) / total
+        for i in torch.randperm(len(docs), generator=gen).tolist():
+            if budget <= 0:
+                break
+            sample.append(docs[i])
+            budget -= len(docs[i])
+    return sample
+
+
 def prepare_data(cfg: PretrainConfig, out_dir: str | Path) -> tuple:
-    """Train (or reload) the tokenizer on a mix-weighted sample of the bundled training text, and
+    """Train (or reload) the tokenizer on a `tokenizer_mix`-weighted sample of the bundled training text, and
     tokenize each language's training split into one stream; both are cached in `out_dir`."""
     from transformers import PreTrainedTokenizerFast
 
@@ -181,16 +204,7 @@ def prepare_data(cfg: PretrainConfig, out_dir: str | Path) -> tuple:
     if (tok_dir / "tokenizer.json").is_file():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     else:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        sample = []
-        total = sum(cfg.mix.values())
-        for lang, docs in texts.items():
-            budget = cfg.tokenizer_sample_chars * cfg.mix[lang] / total
-            for i in torch.randperm(len(docs), generator=gen).tolist():
-                if budget <= 0:
-                    break
-                sample.append(docs[i])
-                budget -= len(docs[i])
+        sample = tokenizer_sample(texts, cfg.tokenizer_mix or cfg.mix, cfg.tokenizer_sample_chars, cfg.seed)
         tokenizer = train_tokenizer(sample, vocab_size=cfg.vocab_size)
         tokenizer.save_pretrained(tok_dir)
     if len(tokenizer) > cfg.vocab_size:

@@ -13,10 +13,11 @@ import fnmatch
 import torch
 import torch.nn as nn
 
-from ..tuning import Components, Selection, linear_module_paths, svd_components
-from ..decomposition.components import parse_component_key
-from ..decomposition.components import linear_layout_weight
-from ..tuning.component_scale import validate_keys
+from .. import inspection
+from ..decomposition.components import Components, linear_layout_weight, parse_component_key, validate_keys
+from ..inspection import UnitScores
+from ..tuning import Selection, linear_module_paths, svd_components
+
 from .config import MethodSpec, SweepConfig
 
 # MLP output projections, whose inputs are the hidden units (ComptuneLM/Llama, GPT-2)
@@ -42,8 +43,8 @@ def default_neuron_modules(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: dict[str, torch.Tensor], batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """Mean |v_iᵀ x|·‖u_i‖ per dataset and basis unit: {path: [n_datasets, r]} (rows in `datasets` order)."""
+def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: dict[str, torch.Tensor], batch_size: int = 8) -> UnitScores:
+    """Mean |v_iᵀ x|·‖u_i‖ per dataset and basis unit ([n_datasets, r] per path, rows in `datasets` order)."""
     sums = {p: torch.zeros(len(datasets), comp.V.shape[1], dtype=torch.float64) for p, comp in basis.items()}
     row = 0
     hooks = []
@@ -61,21 +62,7 @@ def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: d
         for h in hooks:
             h.remove()
     n = torch.tensor([b.numel() for b in datasets.values()], dtype=torch.float64)[:, None]
-    return {p: (s / n).float() for p, s in sums.items()}
-
-
-def rank_scores(scores: dict[str, torch.Tensor], datasets: list[str], rank: str, target: str, reference: str, protected: list[str]) -> list[tuple[str, float]]:
-    """Rank units of `scores` ({path: [n_datasets, r]}) by target − reference or target − max(protected), best first."""
-    t = datasets.index(target)
-    flat = []
-    for path, m in scores.items():
-        if rank == "difference":
-            diff = m[t] - m[datasets.index(reference)]
-        else:
-            diff = m[t] - m[[datasets.index(d) for d in protected]].max(0).values
-        flat += [(f"{path}:{i}", float(v)) for i, v in enumerate(diff.tolist())]
-    flat.sort(key=lambda kv: kv[1], reverse=True)
-    return flat
+    return UnitScores(list(datasets), {p: (s / n).float() for p, s in sums.items()})
 
 
 def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decomposition, log=print) -> dict[str, dict]:
@@ -105,16 +92,10 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
         if blocks is None:
             blocks = {n: sample_blocks(n, tokenizer, sd.block_len, sd.max_blocks) for n in names}
         if spec.method == "component_scale":
-            from ..inspection import component_stats as stats_fn, rank_by_difference, rank_by_specificity
-
             if component_stats is None:
                 log(f"selection: causal-importance statistics on {', '.join(names)} ({sd.max_blocks} blocks of {sd.block_len} tokens each)")
-                component_stats = stats_fn(decomposition, blocks)
-            within = modules or None
-            if sel.rank == "difference":
-                ranking = rank_by_difference(component_stats, sd.target, sd.reference, modules=within)
-            else:
-                ranking = rank_by_specificity(component_stats, sd.target, sd.protected, modules=within)
+                component_stats = inspection.component_stats(decomposition, blocks)
+            scores, within = component_stats.scores("mean_ci"), modules or None
             measure = "mean CI"
         else:
             if spec.method == "neuron_scale":
@@ -123,8 +104,12 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
             else:  # svd_scale
                 paths = modules or linear_module_paths(model)
                 basis = svd_components(model, paths)
-            ranking = rank_scores(write_magnitudes(model, basis, blocks), names, sel.rank, sd.target, sd.reference, sd.protected)
+            scores, within = write_magnitudes(model, basis, blocks), None
             measure = "mean write magnitude"
+        if sel.rank == "difference":
+            ranking = inspection.rank_by_difference(scores, sd.target, sd.reference, modules=within)
+        else:
+            ranking = inspection.rank_by_specificity(scores, sd.target, sd.protected, modules=within)
         criterion = (
             f"{measure} on {sd.target} − {sd.reference}" if sel.rank == "difference"
             else f"{measure} on {sd.target} − max({', '.join(sd.protected)})"

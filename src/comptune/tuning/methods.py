@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..decomposition.components import SUPPORTED_MODULE_TYPES, linear_layout_weight, module_kind, parse_component_key
-from .component_scale import ComponentScaleConfig, apply_component_scale, module_keys
+from ..decomposition.components import SUPPORTED_MODULE_TYPES, linear_layout_weight, module_keys, module_kind, parse_component_key
+from .component_scale import ComponentScaleConfig, apply_component_scale
 from .config import TuneConfig
 from .svd import svd_components
 

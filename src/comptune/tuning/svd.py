@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..decomposition.components import linear_layout_weight
-from .component_scale import Components
+from ..decomposition.components import Components, linear_layout_weight
 
 
 @torch.no_grad()
