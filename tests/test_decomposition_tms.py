@@ -7,10 +7,17 @@ layerwise CI function must find, in each matrix, exactly one subcomponent per fe
 causally important when that feature alone is active, aligned with that piece (cosine > 0.9), and
 no other subcomponent important on any single-feature input.
 
-Recipe (SPD's TMS settings, shortened to run on a CPU in well under a minute): importance
-minimality 3e-3 with p = 1 and no frequency term, stochastic reconstruction (MSE) with subset
-routing, no adversary, CI MLPs 1→16→1, 200 faithfulness warm-up steps at lr 0.01, then 2000 steps
-of batch 1024 at lr 0.01 with cosine decay to 0 (SPD: lr 1e-3, batch 4096, 10k steps).
+Recipe (Goodfire's spd/experiments/tms/tms_5-2_config.yaml, shortened to run on a CPU): importance
+minimality 3e-3 with pnorm p = 1 and no frequency term (beta 0), MSE output loss, no adversary, CI
+MLPs 1→16→1, 200 faithfulness warm-up steps at lr 0.01 — all as there. Their stochastic losses are
+StochasticReconLoss + StochasticReconLayerwiseLoss at coeff 1 each (= 1·both-layers-masked +
+0.5·each-layer-alone); our one subset-routed term is in expectation 0.5·both + 0.25·each, so
+coeff_stochastic = 2 matches their weighting. Steps/lr: theirs are 10k steps of batch 4096 at lr 1e-3
+(cosine to 0); here 3000 steps of batch 1024 at lr 5e-3 (cosine to 0), ~25 s per run on one thread.
+With the previous recipe (coeff_stochastic 1, 2000 steps at lr 1e-2) only seeds 0, 2, 4 of 0..4 passed:
+a subcomponent settled on a mixture of two neighbouring pentagon features (cosine ~0.63) or two
+subcomponents split one feature. With this recipe seeds 0..3 pass; seed 4 (target and decomposition)
+still lands in such a mixture in linear2. The test runs seeds 0, 1, 2.
 """
 
 import pytest
@@ -60,21 +67,22 @@ def train_tms(seed: int) -> TMS:
 
 SPD_TMS = dict(
     patterns={"linear1": C, "linear2": C}, ci={"type": "layerwise_mlp", "hidden_dims": [16]}, reconstruction="mse",
-    steps=2000, batch_size=1024, lr=1e-2, lr_final_frac=0.0, grad_clip_components=None,
-    faithfulness_warmup_steps=200, faithfulness_warmup_lr=0.01, coeff_faithfulness=1.0, coeff_stochastic=1.0,
+    steps=3000, batch_size=1024, lr=5e-3, lr_final_frac=0.0, grad_clip_components=None,
+    faithfulness_warmup_steps=200, faithfulness_warmup_lr=0.01, coeff_faithfulness=1.0, coeff_stochastic=2.0,
     coeff_adversarial=0.0, coeff_minimality=3e-3, p_start=1.0, p_end=1.0, minimality_beta=0.0,
     log_every=500, checkpoint_every=10_000,
 )
 
 
 @pytest.mark.slow
-def test_spd_recovers_the_features_of_tms_5_2(tmp_path):
-    tms = train_tms(seed=0)
+@pytest.mark.parametrize("seed", [0, 1, 2])  # seed of the target's training and of the decomposition
+def test_spd_recovers_the_features_of_tms_5_2(tmp_path, seed):
+    tms = train_tms(seed=seed)
     W = tms.linear1.weight.detach()  # [2, 5]
     assert torch.allclose(W.norm(dim=0), torch.full((N_FEATURES,), W.norm(dim=0).mean().item()), rtol=0.1)  # all 5 features stored
 
     data = sparse_features(100_000, torch.Generator().manual_seed(100))
-    d = decompose(tms, data, DecomposeConfig(seed=0, **SPD_TMS), tmp_path)
+    d = decompose(tms, data, DecomposeConfig(seed=seed, **SPD_TMS), tmp_path)
     assert d.provenance["method"] == "SPD"
 
     # one feature active at a time, at full and at half strength
