@@ -187,6 +187,23 @@ def test_killed_sweep_resumes_without_duplicates(assets, tmp_path):
         run_sweep(sweep_config(assets, seeds=[1]), out, log=lambda s: None)
 
 
+def test_parallel_workers_give_the_serial_rows(finished, tmp_path):
+    config, serial_out = finished
+    out = tmp_path / "parallel"
+    run_sweep(config, out, workers=2, log=lambda s: None)
+    serial = {r["run_id"]: r for r in read_rows(serial_out / "results.jsonl")}
+    parallel = {r["run_id"]: r for r in read_rows(out / "results.jsonl")}
+    assert parallel.keys() == serial.keys()
+    for rid, row in parallel.items():
+        assert row["steps"] == serial[rid]["steps"] and row["chosen"] == serial[rid]["chosen"]
+        assert row["ce"] == pytest.approx(serial[rid]["ce"], abs=1e-4)
+        assert row["final_scalars"] == pytest.approx(serial[rid]["final_scalars"], abs=1e-4)
+        if row["chosen"]:
+            assert (out / row["edit"]).is_dir()
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        run_sweep(config, tmp_path / "none", workers=0, log=lambda s: None)
+
+
 def test_bad_input_gives_clear_errors_and_no_files(assets, tmp_path):
     (assets / "empty.txt").write_text("  \n")
     cases = [

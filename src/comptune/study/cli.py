@@ -10,12 +10,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run (or resume) an unlearning sweep: methods x budgets x seeds x learning rates")
     p.add_argument("config", type=Path, help="sweep YAML (SweepConfig fields; unknown keys are an error), e.g. configs/full.yaml")
     p.add_argument("--out", type=Path, help="results directory (default: results/<config name>); re-running resumes it")
+    _workers_arg(p)
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("demo", help="the case study on the bundled model: selection, a small sweep, then the report (~10 min)")
     p.add_argument("--full", action="store_true", help="the whole study instead (configs/full.yaml: budgets 2..2048, 9 seeds, the write-up's lr/alpha grid, patience 300 / ceiling 3000: 3240 runs, days on 2 cores; resumable)")
     p.add_argument("--out", type=Path, help="results directory (default: results/demo or results/full); re-running resumes it")
+    _workers_arg(p)
     p.set_defaults(func=_demo)
+
+
+def _workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process with one torch thread (e.g. the number of cores); default 1")
 
 
 def _sweep(args) -> int:
@@ -24,7 +30,7 @@ def _sweep(args) -> int:
 
     config = SweepConfig.from_file(args.config)
     out = args.out or Path("results") / config.name
-    path = run_sweep(config, out)
+    path = run_sweep(config, out, workers=args.workers)
     print(f"results: {path}\nnext: comptune report {out}")
     return 0
 
@@ -32,5 +38,5 @@ def _sweep(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(full=args.full, out_dir=args.out)
+    run_demo(full=args.full, out_dir=args.out, workers=args.workers)
     return 0

@@ -25,7 +25,7 @@ def preset_config(full: bool = False) -> SweepConfig:
     return SweepConfig.from_file(path)
 
 
-def run_demo(full: bool = False, out_dir: str | Path | None = None, log=print) -> Path:
+def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int = 1, log=print) -> Path:
     """Selection → sweep → report on the bundled model; returns the report's summary.md."""
     from ..report import make_report
     from .sweep import run_sweep
@@ -38,7 +38,7 @@ def run_demo(full: bool = False, out_dir: str | Path | None = None, log=print) -
     log(f"comptune demo{' --full' if full else ''}: {len(config.methods)} methods ({', '.join(m.name for m in config.methods)}), "
         f"budgets {config.budgets}, seeds {config.seeds}, {config.n_runs()} runs → {out}")
     t0 = time.perf_counter()
-    run_sweep(config, out, log=log)
+    run_sweep(config, out, workers=workers, log=log)
     summary = make_report(out, log=log)
     log(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; summary: {summary}")
     return summary

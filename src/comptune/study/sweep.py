@@ -10,6 +10,10 @@ Out directory layout:
     chosen.json         the (lr, alpha) chosen per (method, budget, lambda) on validation data
     results.jsonl       the final rows, each with `chosen`, written when the sweep is complete
 
+Workers: `workers=N` runs N runs at a time in spawned processes with one torch thread each (the
+parent keeps all bookkeeping and is the only writer of runs.jsonl). Runs are independent and
+seeded, so the rows do not depend on N beyond float rounding across thread counts.
+
 Resuming: a run's id is a hash of its full TuneConfig and method name; runs whose row is already
 in runs.jsonl are skipped, a trailing partial line (killed writer) is cut off before appending.
 
@@ -28,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import math
+import multiprocessing
 import shutil
 import time
 from collections import defaultdict
@@ -179,12 +184,18 @@ def run_sweep(
     out_dir: str | Path,
     *,
     inputs: StudyInputs | None = None,
+    workers: int = 1,
     on_run_done: Callable[[dict], None] | None = None,
     log: Log = print,
 ) -> Path:
     """Run (or resume) the sweep into `out_dir`; returns the path of results.jsonl.
 
-    `on_run_done(row)` is called after each new row is written (progress hooks, tests)."""
+    `workers`: runs at a time (see the module doc). `on_run_done(row)` is called after each new
+    row is written (progress hooks, tests)."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and inputs is not None:
+        raise ValueError("with workers > 1 every worker loads its inputs from the config; pass `inputs` only with workers=1")
     out_dir = Path(out_dir)
     _check_out_dir(config, out_dir)
     inputs = inputs or load_inputs(config)  # raises on bad input before anything is written
@@ -203,9 +214,10 @@ def run_sweep(
         groups: dict[tuple, list[str]] = defaultdict(list)
         for r in runs:
             groups[r.group].append(r.run_id)
+        specs = {r.run_id: r for r in todo}
         t0 = time.perf_counter()
-        for i, spec in enumerate(todo):
-            row = _run_one(config, spec, inputs, base, out_dir)
+        for i, row in enumerate(_execute(config, todo, inputs, base, out_dir, workers)):
+            spec = specs[row["run_id"]]
             append_jsonl(runs_path, row)
             done.add(spec.run_id)
             elapsed = time.perf_counter() - t0
@@ -215,6 +227,34 @@ def run_sweep(
             if on_run_done is not None:
                 on_run_done(row)
         return finalize(config, out_dir)
+
+
+def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base: dict, out_dir: Path, workers: int) -> Iterator[dict]:
+    """Rows of the runs in `todo` as they finish: here, or in a pool of `workers` processes."""
+    if workers == 1 or len(todo) <= 1:
+        for spec in todo:
+            yield _run_one(config, spec, inputs, base, out_dir)
+        return
+    # spawn, not fork: forking after torch has started its thread pools can deadlock the child
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(config, base, out_dir)) as pool:
+        yield from pool.imap_unordered(_run_in_worker, todo)
+
+
+_worker_state: tuple | None = None  # (config, inputs, base, out_dir) in a pool process
+
+
+def _init_worker(config: SweepConfig, base: dict, out_dir: Path) -> None:
+    global _worker_state
+    torch.set_num_threads(1)  # N workers on N cores: more threads each would oversubscribe them
+    # each worker loads its own inputs (deterministic from the config): a decomposition holds hooks
+    # that do not pickle, and sending the model to every worker would cost as much as loading it
+    _worker_state = (config, load_inputs(config), base, out_dir)
+
+
+def _run_in_worker(spec: RunSpec) -> dict:
+    config, inputs, base, out_dir = _worker_state
+    return _run_one(config, spec, inputs, base, out_dir)
 
 
 def finalize(config: SweepConfig, out_dir: Path) -> Path:
