@@ -17,7 +17,6 @@ from .. import inspection
 from ..decomposition.components import Components, linear_layout_weight, parse_component_key, validate_keys
 from ..inspection import UnitScores
 from ..tuning import Selection, linear_module_paths, svd_components
-
 from .config import MethodSpec, SweepConfig
 
 # MLP output projections, whose inputs are the hidden units (ComptuneLM/Llama, GPT-2)
