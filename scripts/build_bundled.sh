@@ -9,5 +9,5 @@ OMP_NUM_THREADS=1 $C pretrain --out runs/pretrain-tiny --config configs/pretrain
 $C corpus blocks --tokenizer runs/pretrain-tiny/tokenizer --split train --n 40000 --out runs/decomp/train_mix.safetensors
 $C corpus blocks --tokenizer runs/pretrain-tiny/tokenizer --split eval --n 64 --seed 1 --out runs/decomp/eval_mix.safetensors
 # exits 130 when stopped at max_minutes: rerun this script to continue (every step resumes)
-OMP_NUM_THREADS=1 $C decompose --model runs/pretrain-tiny --preset small --config configs/decompose-bundled.yaml \
+OMP_NUM_THREADS=2 $C decompose --model runs/pretrain-tiny --preset small --config configs/decompose-bundled.yaml \
   --data runs/decomp/train_mix.safetensors --eval-data runs/decomp/eval_mix.safetensors --eval-blocks 16 --out runs/decomp/vpd --resume
