@@ -239,6 +239,8 @@ def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(config, base, out_dir)) as pool:
         yield from pool.imap_unordered(_run_in_worker, todo)
+        pool.close()  # let the workers exit on their own (leaving `with` alone terminates them)
+        pool.join()
 
 
 _worker_state: tuple | None = None  # (config, inputs, base, out_dir) in a pool process
