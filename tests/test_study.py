@@ -228,7 +228,7 @@ def test_bad_input_gives_clear_errors_and_no_files(assets, tmp_path):
 
 def test_presets_load_and_agree():
     """`comptune demo` and `comptune demo --full` read configs/*.yaml; full is the write-up's protocol."""
-    from comptune.study.demo import preset_config
+    from comptune.study.demo import configs_dir, preset_config
 
     demo, full = preset_config(False), preset_config(True)
     assert full.budgets == [2, 4, 8, 16, 32, 64, 128, 512, 2048] and len(full.seeds) == 9
@@ -236,6 +236,10 @@ def test_presets_load_and_agree():
     assert all(m.lrs == [0.003, 0.01, 0.03, 0.1] for m in full.methods)
     assert all(m.alphas == [16, 32] for m in full.methods if m.method in ("lora", "lora_local"))
     assert {m.name for m in demo.methods} <= {m.name for m in full.methods}
+    # the other shipped sweep configs parse (unknown keys would be an error)
+    for path in sorted((configs_dir()).glob("*.yaml")):
+        if path.name not in ("demo.yaml", "full.yaml") and not path.name.startswith(("pretrain", "decompose")):
+            assert SweepConfig.from_file(path).n_runs() > 0, path
 
 
 def test_selection_in_every_basis(assets):
