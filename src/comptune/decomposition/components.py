@@ -98,7 +98,7 @@ def module_keys(source: ComponentSource, paths: list[str]) -> list[str]:
     for path in paths:
         if path not in known:
             raise ValueError(f"module {path!r} is not in the decomposition; valid modules: {', '.join(known)}")
-    return [f"{path}:{c}" for path in paths for c in range(source_components(source, path).V.shape[1])]
+    return [format_component_key(path, c) for path in paths for c in range(source_components(source, path).V.shape[1])]
 
 
 class LinearComponents(nn.Module):
