@@ -15,7 +15,6 @@ import torch.nn as nn
 
 from .. import inspection
 from ..decomposition.components import Components, linear_layout_weight, parse_component_key, validate_keys
-from ..inspection import UnitScores
 from ..tuning import Selection, linear_module_paths, svd_components
 from .config import MethodSpec, SweepConfig
 
@@ -42,7 +41,7 @@ def default_neuron_modules(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: dict[str, torch.Tensor], batch_size: int = 8) -> UnitScores:
+def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: dict[str, torch.Tensor], batch_size: int = 8) -> inspection.UnitScores:
     """Mean |v_iᵀ x|·‖u_i‖ per dataset and basis unit ([n_datasets, r] per path, rows in `datasets` order)."""
     sums = {p: torch.zeros(len(datasets), comp.V.shape[1], dtype=torch.float64) for p, comp in basis.items()}
     row = 0
@@ -61,7 +60,7 @@ def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: d
         for h in hooks:
             h.remove()
     n = torch.tensor([b.numel() for b in datasets.values()], dtype=torch.float64)[:, None]
-    return UnitScores(list(datasets), {p: (s / n).float() for p, s in sums.items()})
+    return inspection.UnitScores(list(datasets), {p: (s / n).float() for p, s in sums.items()})
 
 
 def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decomposition, log=print) -> dict[str, dict]:

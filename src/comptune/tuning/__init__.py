@@ -5,15 +5,14 @@
 - `tune`: train any method on −min(CE_forget, ln|V|) + λ·KL(orig ‖ edited)[retain] to a plateau.
 """
 
+from ..decomposition.components import Components, module_keys
 from .component_scale import (
     SIGN_CONVENTION,
     ComponentScaleConfig,
     ComponentScaleLayer,
     ComponentScaleModel,
-    Components,
     apply_component_scale,
     load_adapter,
-    module_keys,
 )
 from .config import Selection, TuneConfig
 from .methods import TunableModel, build_method, linear_module_paths

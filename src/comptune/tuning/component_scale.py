@@ -32,7 +32,6 @@ from ..decomposition.components import (
     Components,
     ComponentSource,
     linear_layout_weight,
-    module_keys,
     module_kind,
     parse_component_key,
     source_components,
