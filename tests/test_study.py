@@ -236,6 +236,9 @@ def test_presets_load_and_agree():
     assert all(m.lrs == [0.003, 0.01, 0.03, 0.1] for m in full.methods)
     assert all(m.alphas == [16, 32] for m in full.methods if m.method in ("lora", "lora_local"))
     assert {m.name for m in demo.methods} <= {m.name for m in full.methods}
+    # the study this machine runs (README figures) keeps every budget and method of the full one
+    study = SweepConfig.from_file(configs_dir() / "study.yaml")
+    assert study.budgets == full.budgets and [m.name for m in study.methods] == [m.name for m in full.methods]
     # the other shipped sweep configs parse (unknown keys would be an error)
     for path in sorted((configs_dir()).glob("*.yaml")):
         if path.name not in ("demo.yaml", "full.yaml") and not path.name.startswith(("pretrain", "decompose")):
