@@ -19,11 +19,11 @@ def test_report_writes_figures_tables_and_summary(finished, tmp_path):  # noqa: 
     out = tmp_path / "report"
     summary = make_report(results, out, log=lambda s: None)
     assert summary == out / "summary.md"
-    for stem in ("tradeoff", "off_target", "scalars"):
+    for stem in ("tradeoff", "off_target", "scalars", "budget_curves"):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in (out / f"{stem}.svg").read_text()
     text = summary.read_text()
-    for section in ("## Methods", "## Minimum budget", "## Chosen learning rates", "## Off-target", "## Learned scalars", "## Rollouts", "## Config", "## Versions"):
+    for section in ("## Methods", "## Minimum budget", "## Forget gain and damage per budget", "## Chosen learning rates", "## Off-target", "## Learned scalars", "## Rollouts", "## Config", "## Versions"):
         assert section in text, section
     assert "![tradeoff](tradeoff.png)" in text and "lora_r1" in text and "single" in text
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -44,6 +44,15 @@ def test_report_writes_figures_tables_and_summary(finished, tmp_path):  # noqa: 
     # the min-budget table written beside agrees with the rows
     table = json.loads((out / "min_budget.json").read_text())["table"]
     assert table == min_budget_table([r for r in rows if r["chosen"]], ["single", "lora_r1"], config.budgets)
+
+    # the budget curves are the means of the chosen runs' scores
+    curves = {t["method"]: t for t in json.loads((out / "budget_curves.json").read_text())["table"]}
+    for m in ("single", "lora_r1"):
+        for c in curves[m]["per_budget"]:
+            rs = [r for r in rows if r["chosen"] and r["method"] == m and r["budget"] == c["budget"]]
+            assert c["runs"] == len(rs) == len(config.seeds)
+            assert c["forget_increase"] == pytest.approx(sum(r["score"]["forget_increase"] for r in rs) / len(rs))
+            assert c["retain_damage"] == pytest.approx(sum(r["score"]["retain_damage"] for r in rs) / len(rs))
 
 
 def run(method, budget, seed, success, lam=1.0, status="ok"):

@@ -3,10 +3,12 @@ validation data, resuming after a kill, bad input."""
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from comptune.corpus.bundle import bundled_texts
 from comptune.decomposition import CIConfig, Decomposition
@@ -182,9 +184,37 @@ def test_killed_sweep_resumes_without_duplicates(assets, tmp_path):
     run_sweep(config, out, on_run_done=lambda r: third.append(r), log=lambda s: None)
     assert third == [] and read_rows(out / "runs.jsonl") == runs
 
-    # the same directory with another config is refused
+    # the same directory with another config is refused: a changed grid, or fewer seeds
     with pytest.raises(ValueError, match="different config"):
+        run_sweep(sweep_config(assets, train=dict(seq_len=16, retain_batch_size=2, patience=3, max_steps=5)), out, log=lambda s: None)
+    with pytest.raises(ValueError, match="without removing any"):
         run_sweep(sweep_config(assets, seeds=[1]), out, log=lambda s: None)
+
+
+def test_sweep_grows_with_more_seeds(finished, tmp_path):
+    """Adding seeds to a finished sweep trains only the new runs; the old rows stay as they were."""
+    config, results = finished
+    out = tmp_path / "grown"
+    shutil.copytree(results, out)
+    old = read_rows(out / "runs.jsonl")
+    grown = sweep_config(Path(config.model).parent, seeds=[0, 1])
+    new = []
+
+    def kill_after_one(row):
+        new.append(row)
+        if len(new) == 1:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grown, out, on_run_done=kill_after_one, log=lambda s: None)
+    assert not (out / "results.jsonl").exists() and not (out / "chosen.json").exists()  # unfinished again
+    run_sweep(grown, out, on_run_done=new.append, log=lambda s: None)
+    assert len(new) == grown.n_runs() - config.n_runs() and {r["seed"] for r in new} == {1}
+    runs = read_rows(out / "runs.jsonl")
+    assert runs[: len(old)] == old and len(runs) == grown.n_runs()
+    chosen = json.loads((out / "chosen.json").read_text())["groups"]
+    assert all(len(c["run_ids"]) == 2 for c in chosen)  # every choice averages both seeds now
+    assert yaml.safe_load((out / "sweep_config.yaml").read_text())["seeds"] == [0, 1]
 
 
 def test_parallel_workers_give_the_serial_rows(finished, tmp_path):

@@ -84,6 +84,36 @@ def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int], *, c
     return save_figure(fig, stem)
 
 
+def plot_budget_curves(table: list[dict], methods: list[str], *, chance_gap: float, max_damage: float, forget_label: str, retain_label: str, stem: Path) -> list[Path]:
+    """Mean forget CE increase (left) and mean retain damage (right) of the chosen runs against the
+    budget (log x), one line per method; `table` is `report.summary.budget_curve_table`."""
+    colors = method_colors(methods)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for j, m in enumerate(methods):
+        pts = [c for t in table if t["method"] == m for c in t["per_budget"]]
+        if not pts:
+            continue
+        xs = [c["budget"] for c in pts]
+        style = dict(color=colors[m], marker=MARKERS[j % len(MARKERS)], ms=4, lw=1.2, label=m)
+        left.plot(xs, [c["forget_increase"] for c in pts], **style)
+        right.plot(xs, [c["retain_damage"] for c in pts], **style)
+    left.axhline(chance_gap, color="k", ls=":", lw=1)
+    left.set_ylabel(f"{short_label(forget_label)} CE increase (nats)")
+    right.axhline(max_damage, color="grey", ls="--", lw=0.8)
+    right.axhline(0, color="grey", lw=0.5)
+    _symlog_y(right, 0.1)
+    right.set_ylabel(f"{short_label(retain_label)} CE increase (nats)")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("budget (forget tokens)")
+        ax.grid(alpha=0.3)
+    left.set_title("forget gain, mean over seeds (dotted: at chance)", fontsize=10)
+    right.set_title(f"damage, mean over seeds (dashed: {max_damage:g} nats)", fontsize=10)
+    right.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
 def plot_off_target(rows: list[dict], methods: list[str], datasets: list[str], *, budget: int, stem: Path) -> list[Path]:
     """CE increase per dataset (x) per method (offset), one point per seed, at one budget."""
     colors = method_colors(methods)

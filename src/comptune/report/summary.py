@@ -4,6 +4,7 @@ Only the chosen runs (the (lr, alpha) picked per method, budget and lambda on va
 enter figures and tables, as in the write-up. Tables:
 - minimum budget: the smallest budget at which a method reaches the forget set at chance with
   damage below the bound, for at least half of its seeds (at some lambda);
+- budget curves: mean forget CE increase and retain damage per method and budget (first lambda);
 - off-target: CE increase per evaluation set at the largest budget (mean and range over seeds);
 - learned scalars of scalar methods: how many runs invert (s < 0) or amplify (s > 1);
 - rollouts: greedy continuations, base vs each method's chosen edit at the largest budget, made
@@ -22,7 +23,7 @@ import yaml
 from .._io import read_jsonl, versions, write_json_atomic, write_text_atomic
 from ..evaluation.rollouts import rollouts_markdown
 from ..study.config import SweepConfig
-from .plots import plot_off_target, plot_scalars, plot_tradeoff
+from .plots import plot_budget_curves, plot_off_target, plot_scalars, plot_tradeoff
 
 SCALAR_PLOT_MAX_KEYS = 32  # methods with more scalars per run (the L1-over-modules variant) are summarised, not plotted
 
@@ -86,6 +87,28 @@ def min_budget_table(rows: list[dict], methods: list[str], budgets: list[int]) -
     return out
 
 
+def budget_curve_table(rows: list[dict], methods: list[str], budgets: list[int], lambda_retain: float) -> list[dict]:
+    """Per method and budget, over the seeds of `lambda_retain`: mean forget CE increase, mean
+    retain damage, and how many seeds kept the damage below the bound (`score.success` needs the
+    forget set at chance as well; this counts the damage side alone)."""
+    out = []
+    for m in methods:
+        per_budget = []
+        for b in budgets:
+            rs = [r for r in rows if r["method"] == m and r["budget"] == b and r["lambda_retain"] == lambda_retain and r["status"] == "ok"]
+            if not rs:
+                continue
+            n = len(rs)
+            per_budget.append({
+                "budget": b, "runs": n,
+                "forget_increase": sum(r["score"]["forget_increase"] for r in rs) / n,
+                "retain_damage": sum(r["score"]["retain_damage"] for r in rs) / n,
+                "forget_at_chance": sum(bool(r["score"]["forget_at_chance"]) for r in rs),
+            })
+        out.append({"method": m, "lambda_retain": lambda_retain, "per_budget": per_budget})
+    return out
+
+
 def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, rollouts: bool = True, log=print) -> Path:
     """Figures (PNG + SVG), tables and `summary.md` for the sweep in `results_dir`; returns summary.md."""
     res = load_results(results_dir)
@@ -105,6 +128,10 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, r
                                   forget_label=s.forget_eval, retain_label=s.retain_eval, stem=out / "tradeoff"),
         "off_target": plot_off_target(rows, methods, cfg.eval_datasets, budget=largest, stem=out / "off_target"),
     }
+    curves = budget_curve_table(rows, methods, budgets, cfg.lambda_retain[0])
+    if len(budgets) > 1:
+        figures["budget_curves"] = plot_budget_curves(curves, methods, chance_gap=chance_gap, max_damage=s.max_damage,
+                                                      forget_label=s.forget_eval, retain_label=s.retain_eval, stem=out / "budget_curves")
     scalar_methods = [m for m in methods if _is_plottable_scalar(cfg, rows, m)]
     if scalar_methods:
         figures["scalars"] = plot_scalars(rows, scalar_methods, budgets, stem=out / "scalars")
@@ -112,10 +139,11 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, r
 
     table = min_budget_table(rows, methods, budgets)
     rollout_rows = _rollouts(res, out, log) if rollouts else None
-    md = _summary_markdown(res, rows, table, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets)
+    md = _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets)
     path = out / "summary.md"
     write_text_atomic(path, md)
     write_json_atomic(out / "min_budget.json", {"rule": min_budget_table.__doc__.strip(), "table": table, "versions": versions()})
+    write_json_atomic(out / "budget_curves.json", {"rule": budget_curve_table.__doc__.strip(), "table": curves, "versions": versions()})
     log(f"report: {path}")
     return path
 
@@ -168,7 +196,7 @@ def _rollouts(res: SweepResults, out: Path, log) -> list[dict] | None:
 
 
 # --------------------------------------------------------------------------- markdown
-def _summary_markdown(res, rows, table, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets) -> str:
+def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets) -> str:
     cfg, s = res.config, res.config.scoring
     largest = budgets[-1]
     L = [f"# Unlearning study `{cfg.name}`", ""]
@@ -204,6 +232,17 @@ def _summary_markdown(res, rows, table, figures, scalar_methods, rollout_rows, c
         counts = {c["budget"]: f"{c['succeeded']}/{c['runs']}" for c in t["per_budget"]}
         cells = [counts.get(b, "–") for b in budgets]
         L.append(f"| {t['method']} | {t['min_budget'] if t['min_budget'] is not None else 'not reached'} | " + " | ".join(cells) + " |")
+
+    L += ["", "## Forget gain and damage per budget", ""]
+    if "budget_curves" in figures:
+        L += ["![budget curves](budget_curves.png)", ""]
+    L += [f"Mean over seeds (λ = {cfg.lambda_retain[0]:g}) of the `{s.forget_eval}` CE increase / the `{s.retain_eval}` CE increase, nats; "
+          f"`†` = at least half the seeds put `{s.forget_eval}` at chance.", "",
+          "| method | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for t in curves:
+        cells = {c["budget"]: f"{c['forget_increase']:+.2f} / {c['retain_damage']:+.3f}" + (" †" if 2 * c["forget_at_chance"] >= c["runs"] else "")
+                 for c in t["per_budget"]}
+        L.append(f"| {t['method']} | " + " | ".join(cells.get(b, "–") for b in budgets) + " |")
 
     L += ["", "## Chosen learning rates", "", "`*` = no setting kept validation damage under the bound (least damaging taken).", "",
           "| budget | " + " | ".join(res.methods) + " |", "|---|" + "---|" * len(res.methods)]

@@ -17,6 +17,12 @@ seeded, so the rows do not depend on N beyond float rounding across thread count
 Resuming: a run's id is a hash of its full TuneConfig and method name; runs whose row is already
 in runs.jsonl are skipped, a trailing partial line (killed writer) is cut off before appending.
 
+Growing: a finished (or unfinished) sweep may be re-run with more `seeds` or `budgets` and no other
+change; only the new runs train. Until they are done the sweep is unfinished again (results.jsonl
+and chosen.json are removed; runs.jsonl keeps every row). Edits of runs that were not chosen are
+deleted as groups complete, so if the extra seeds change a group's choice, the earlier seeds of the
+new choice have rows but no saved edit.
+
 Learning-rate choice (per method, budget and lambda; never on the evaluation sets): for every
 (lr, alpha) average over seeds the *validation* forget gain min(CE, ln|V|) − CE_base on
 `scoring.forget_valid` and the validation damage on `scoring.retain_valid`. Among settings whose
@@ -197,11 +203,13 @@ def run_sweep(
     if workers > 1 and inputs is not None:
         raise ValueError("with workers > 1 every worker loads its inputs from the config; pass `inputs` only with workers=1")
     out_dir = Path(out_dir)
-    _check_out_dir(config, out_dir)
+    grows = _check_out_dir(config, out_dir)
     inputs = inputs or load_inputs(config)  # raises on bad input before anything is written
     with _exclusive(out_dir):
         saved = out_dir / "sweep_config.yaml"
-        if not saved.exists():
+        if not saved.exists() or grows:
+            for stale in ("results.jsonl", "chosen.json"):  # a grown sweep is unfinished until its new runs are done
+                (out_dir / stale).unlink(missing_ok=True)
             write_text_atomic(saved, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         base = _base_ce(config, inputs, out_dir, log)
         selections = _selections(config, inputs, out_dir, log)
@@ -406,17 +414,25 @@ def load_edit(edit_dir: str | Path, base_model: nn.Module, decomposition=None) -
 
 
 # --------------------------------------------------------------------------- bookkeeping
-def _check_out_dir(config: SweepConfig, out_dir: Path) -> None:
+GROWABLE = ("seeds", "budgets")  # config fields a sweep may extend in place (see "Growing")
+
+
+def _check_out_dir(config: SweepConfig, out_dir: Path) -> bool:
+    """Refuse an out dir holding another sweep; True if `config` grows the one it holds."""
     saved = out_dir / "sweep_config.yaml"
-    if saved.exists():
-        previous = yaml.safe_load(saved.read_text())
-        current = config.model_dump(mode="json")
-        if previous != current:
-            diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-            raise ValueError(
-                f"{out_dir} holds a sweep with a different config (differs in: {', '.join(diff)}); "
-                "resume with the same config or write to another --out directory"
-            )
+    if not saved.exists():
+        return False
+    previous = yaml.safe_load(saved.read_text())
+    current = config.model_dump(mode="json")
+    if previous == current:
+        return False
+    diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    if all(k in GROWABLE and set(previous[k]) <= set(current[k]) for k in diff):
+        return True
+    raise ValueError(
+        f"{out_dir} holds a sweep with a different config (differs in: {', '.join(diff)}); resume with the same "
+        f"config, add {' or '.join(GROWABLE)} without removing any, or write to another --out directory"
+    )
 
 
 @contextmanager
