@@ -11,7 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator  # noqa: E402
 
 from .._io import atomic_path  # noqa: E402
 
@@ -21,6 +21,8 @@ MARKERS = "osD^vP*Xh<>"
 def _symlog_y(ax, linthresh: float) -> None:
     """Symmetric log y axis (damage spans 0.001 … 10 nats, and can be negative) with plain tick labels."""
     ax.set_yscale("symlog", linthresh=linthresh)
+    # 1-2-5 ticks per decade: a short range above linthresh (0.1 … 0.8) would otherwise get no label
+    ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=linthresh, base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
