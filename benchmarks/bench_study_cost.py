@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import statistics
 import time
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from comptune._io import versions, write_json_atomic
 from comptune.evaluation.ce import evaluate_ce
 from comptune.study.config import LORA_METHODS, SweepConfig
 from comptune.study.selection import resolve_selections
-from comptune.study.sweep import load_inputs
-from comptune.tuning import Selection, TuneConfig, tune
+from comptune.study.sweep import load_inputs, tune_config
+from comptune.tuning import tune
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -40,20 +39,17 @@ def forget_sequences_per_step(config: SweepConfig, budget: int) -> int:
 
 
 def step_seconds(config: SweepConfig, inputs, method, selection: dict | None, budget: int, steps: int, warmup: int) -> float:
-    """Median seconds per step of `tune()` for one method at one budget (fresh model copy)."""
-    lora = {"lora_rank": method.lora_rank, "lora_alpha": method.alphas[0]} if method.method in LORA_METHODS else {}
-    cfg = TuneConfig(
-        method=method.method, selection=Selection(**selection) if selection else Selection(), budget=budget, seed=0,
-        lr=method.lrs[0], l1=method.l1, ci_threshold=method.ci_threshold, **lora,
-        **(config.train.model_dump() | {"max_steps": warmup + steps, "patience": warmup + steps + 1}),
-    )
-    _, result = tune(cfg, copy.deepcopy(inputs.model), inputs.forget_stream, inputs.retain_stream, inputs.decomposition,
-                     decomposition_dir=config.decomposition_dir())
-    # tune() records only the total time: time the warm-up separately and subtract it
-    cfg_w = cfg.model_copy(update={"max_steps": warmup, "patience": warmup + 1})
-    _, warm = tune(cfg_w, copy.deepcopy(inputs.model), inputs.forget_stream, inputs.retain_stream, inputs.decomposition,
-                   decomposition_dir=config.decomposition_dir())
-    return max(result.wall_time_s - warm.wall_time_s, 0.0) / steps
+    """Mean seconds per step of `tune()` after `warmup` steps, for one method at one budget (fresh model copies)."""
+    def train_time(n_steps: int) -> float:
+        alpha = method.alphas[0] if method.method in LORA_METHODS else None
+        cfg = tune_config(config, method, selection, budget=budget, seed=0, lr=method.lrs[0], alpha=alpha,
+                          lambda_retain=config.lambda_retain[0], max_steps=n_steps, patience=n_steps + 1)
+        _, result = tune(cfg, copy.deepcopy(inputs.model), inputs.forget_stream, inputs.retain_stream, inputs.decomposition,
+                         decomposition_dir=config.decomposition_dir())
+        return result.wall_time_s
+
+    # tune() records only the total time: time the warm-up alone and subtract it
+    return max(train_time(warmup + steps) - train_time(warmup), 0.0) / steps
 
 
 def main() -> None:
@@ -98,7 +94,6 @@ def main() -> None:
         "eval_s_per_run": eval_s,
         "core_hours_min": total_min / 3600, "core_hours_max": total_max / 3600,
         "hours_on_cores_min": total_min / 3600 / args.cores, "hours_on_cores_max": total_max / 3600 / args.cores,
-        "median_step_s": statistics.median(v["step_s_smallest_budget"] for v in per_method.values()),
     }
     print(f"{config.name}: {summary['runs']} runs, {summary['core_hours_min']:.1f}–{summary['core_hours_max']:.1f} core-hours, "
           f"{summary['hours_on_cores_min']:.1f}–{summary['hours_on_cores_max']:.1f} h on {args.cores} workers")

@@ -166,16 +166,22 @@ def plan_runs(config: SweepConfig, selections: dict[str, dict]) -> list[RunSpec]
                 for seed in config.seeds:
                     for lr in spec.lrs:
                         for alpha in spec.alphas if spec.method in LORA_METHODS else [None]:
-                            lora = {"lora_rank": spec.lora_rank, "lora_alpha": alpha} if alpha is not None else {}
-                            cfg = TuneConfig(
-                                method=spec.method,
-                                selection=Selection(**sel) if sel else Selection(),
-                                budget=budget, seed=seed, lr=lr, **lora,
-                                lambda_retain=lam, l1=spec.l1, ci_threshold=spec.ci_threshold,
-                                **config.train.model_dump(),
-                            )
+                            cfg = tune_config(config, spec, sel, budget=budget, seed=seed, lr=lr, alpha=alpha, lambda_retain=lam)
                             runs.append(RunSpec(run_id(spec.name, cfg), spec.name, cfg))
     return runs
+
+
+def tune_config(config: SweepConfig, spec, selection: dict | None, *, budget: int, seed: int, lr: float,
+                alpha: float | None, lambda_retain: float, **train_overrides) -> TuneConfig:
+    """The TuneConfig of one run of method `spec` (a MethodSpec) with its resolved `selection`."""
+    lora = {"lora_rank": spec.lora_rank, "lora_alpha": alpha} if alpha is not None else {}
+    return TuneConfig(
+        method=spec.method,
+        selection=Selection(**selection) if selection else Selection(),
+        budget=budget, seed=seed, lr=lr, **lora,
+        lambda_retain=lambda_retain, l1=spec.l1, ci_threshold=spec.ci_threshold,
+        **(config.train.model_dump() | train_overrides),
+    )
 
 
 def run_id(method: str, cfg: TuneConfig) -> str:
