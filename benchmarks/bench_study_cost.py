@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -28,13 +27,14 @@ from comptune.evaluation.ce import evaluate_ce
 from comptune.study.config import LORA_METHODS, SweepConfig
 from comptune.study.selection import resolve_selections
 from comptune.study.sweep import load_inputs, tune_config
-from comptune.tuning import tune
+from comptune.tuning import forget_sequences, tune
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def forget_sequences_per_step(config: SweepConfig, budget: int) -> int:
-    n = math.ceil(budget / (config.train.seq_len - 1))  # consecutive sequences share one token
+    """How many forget sequences a step of that budget feeds (the trainer's own cut of the block)."""
+    n = len(forget_sequences(torch.zeros(budget + 1, dtype=torch.long), config.train.seq_len)[0])
     return min(n, config.train.forget_batch_size or n)
 
 

@@ -64,6 +64,11 @@ def load_results(results_dir: str | Path) -> SweepResults:
     )
 
 
+def at_least_half(k: int, n: int) -> bool:
+    """The report's "most seeds" rule: k of n counts when k ≥ n / 2."""
+    return 2 * k >= n
+
+
 def min_budget_table(rows: list[dict], methods: list[str], budgets: list[int]) -> list[dict]:
     """Per method: the smallest budget at which ≥ half the seeds of some lambda succeed
     (`score.success`: forget set at chance and damage below the bound), with per-budget counts
@@ -81,7 +86,7 @@ def min_budget_table(rows: list[dict], methods: list[str], budgets: list[int]) -
                 continue
             lam, ok = max(by_lambda.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
             per_budget.append({"budget": b, "succeeded": sum(ok), "runs": len(ok), "lambda_retain": lam})
-            if reached is None and 2 * sum(ok) >= len(ok):
+            if reached is None and at_least_half(sum(ok), len(ok)):
                 reached = b
         out.append({"method": m, "min_budget": reached, "per_budget": per_budget})
     return out
@@ -239,7 +244,7 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
           f"`†` = at least half the seeds put `{s.forget_eval}` at chance.", "",
           "| method | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for t in curves:
-        cells = {c["budget"]: f"{c['forget_increase']:+.2f} / {c['retain_damage']:+.3f}" + (" †" if 2 * c["forget_at_chance"] >= c["runs"] else "")
+        cells = {c["budget"]: f"{c['forget_increase']:+.2f} / {c['retain_damage']:+.3f}" + (" †" if at_least_half(c["forget_at_chance"], c["runs"]) else "")
                  for c in t["per_budget"]}
         L.append(f"| {t['method']} | " + " | ".join(cells.get(b, "–") for b in budgets) + " |")
 
