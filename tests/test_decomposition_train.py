@@ -128,3 +128,32 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "c" / "checkpoint.safetensors").write_bytes(pickle.dumps({"x": 1}))
     with pytest.raises(ValueError, match="not a valid safetensors file|not a decompose checkpoint"):
         decompose(tiny_lm(), BLOCKS, config(), tmp_path / "c")
+
+
+def test_init_from_continues_the_source_exactly(tmp_path):
+    """A run started --init-from a saved decomposition begins where the source ended: its step-0
+    evaluation equals the source's final one (same eval blocks and seed), it skips the warm-up,
+    records its origin, and refuses a source of another shape or model."""
+    src = decompose(tiny_lm(), BLOCKS, config(), tmp_path / "src", eval_blocks=BLOCKS[:4])
+    final = rows(tmp_path / "src", "eval_log.jsonl")[-1]
+    cont = decompose(tiny_lm(), BLOCKS, config(steps=4, lr=5e-4), tmp_path / "cont", eval_blocks=BLOCKS[:4], init_from=tmp_path / "src")
+    first = rows(tmp_path / "cont", "eval_log.jsonl")[0]
+    assert first["step"] == 0 and final["step"] == 8
+    for k in ("unmasked", "ci_masked", "stochastic"):
+        assert first["ce"][k] == pytest.approx(final["ce"][k], abs=1e-6), k
+    assert first["l0"]["total"] == pytest.approx(final["l0"]["total"], abs=1e-6)
+    assert first["pgd_kl"] == pytest.approx(final["pgd_kl"], abs=1e-6)
+    assert cont.provenance["init_from"]["path"] == str(tmp_path / "src") and cont.provenance["completed"]
+    assert not torch.equal(cont.get_components("h.0.attn.v_proj").V, src.get_components("h.0.attn.v_proj").V)  # it trained on
+    # a resumed init-from run keeps its origin
+    split = decompose(tiny_lm(), BLOCKS, config(steps=4), tmp_path / "split", init_from=tmp_path / "src", stop_at_step=2)
+    assert not split.provenance["completed"]
+    assert decompose(tiny_lm(), BLOCKS, config(steps=4), tmp_path / "split").provenance["init_from"]["path"] == str(tmp_path / "src")
+
+    with pytest.raises(ValueError, match=r"does not match this run: it decomposes .*C=16.* this run's config asks for .*C=8"):
+        decompose(tiny_lm(), BLOCKS, config(patterns={"h.*.attn.v_proj": 8, "h.1.mlp.*": 24}), tmp_path / "c", init_from=tmp_path / "src")
+    other = tiny_lm()
+    with torch.no_grad():
+        other.h[0].attn.v_proj.weight.add_(1.0)
+    with pytest.raises(ValueError, match="fingerprint .* but this model's are"):
+        decompose(other, BLOCKS, config(), tmp_path / "m", init_from=tmp_path / "src")

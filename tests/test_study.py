@@ -278,7 +278,8 @@ def test_presets_load_and_agree():
 def test_selection_in_every_basis(assets):
     """Component keys from the CI ranking; neuron and SVD units ranked by write magnitude; lora_local
     and SVD-scale restricted to the single key's matrix; every resolved selection trains."""
-    from comptune.study.selection import neuron_components, resolve_selections, write_magnitudes
+    from comptune.decomposition.bases import neuron_components
+    from comptune.study.selection import resolve_selections, write_magnitudes
     from comptune.study.sweep import plan_runs
     from comptune.tuning import tune
 

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=["paper", "small"], default="paper", help="starting config; --config overrides its fields")
     p.add_argument("--config", type=Path, help="YAML with DecomposeConfig fields (unknown keys are an error)")
     p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    p.add_argument("--init-from", type=Path, help="start from this decomposition's components and CI function (same model, modules, C and "
+                   "CI function; fresh optimiser moments and adversary): continue a shipped decomposition with a new schedule")
     p.add_argument("--block-len", type=int, default=128, help="tokens per block when tokenizing text")
     p.add_argument("--max-blocks", type=int, help="cap on training blocks")
     p.add_argument("--eval-blocks", type=int, default=32, help="cap on evaluation blocks")
@@ -97,7 +99,7 @@ def _decompose(args) -> int:
     model, tokenizer = load_model_and_tokenizer(args.model)
     blocks = load_blocks(args.data, tokenizer, args.block_len, args.max_blocks)
     eval_blocks = load_blocks(args.eval_data, tokenizer, args.block_len, args.eval_blocks) if args.eval_data else None
-    d = decompose(model, blocks, config, args.out, resume=args.resume, eval_blocks=eval_blocks)
+    d = decompose(model, blocks, config, args.out, resume=args.resume, eval_blocks=eval_blocks, init_from=args.init_from)
     if d.provenance.get("completed"):
         print(f"decomposition written to {args.out}")
         return 0

@@ -224,6 +224,7 @@ def decompose(
     resume: bool = True,
     eval_blocks: torch.Tensor | None = None,
     stop_at_step: int | None = None,
+    init_from: str | Path | None = None,
 ) -> Decomposition:
     """Decompose `target` on `train_blocks` ([N, T] token ids, or [N, ...] inputs for `mse` toys).
 
@@ -231,7 +232,11 @@ def decompose(
     `eval_log.jsonl` (quality figures every eval_every steps, if eval_blocks are given), the resumable
     checkpoint and, at the end (or when stopped), the decomposition itself and `quality.json`.
     `resume=True` continues from an existing checkpoint; `stop_at_step` ends the run early after
-    checkpointing there (to split a run deterministically). Returns the decomposition, with
+    checkpointing there (to split a run deterministically). `init_from` (a decomposition folder of
+    this target with the same modules, C and CI function) starts a new run from its components and
+    CI function instead of the faithfulness warm-up — to carry a long run across sessions through a
+    committed decomposition; optimiser moments and the adversary's sources start afresh (the sources
+    are per-position, batch-shaped and too large to ship). Returns the decomposition, with
     `provenance["completed"]` telling whether all `config.steps` were done.
     """
     out_dir = Path(out_dir)
@@ -258,6 +263,9 @@ def decompose(
         tensors, meta = _read_checkpoint(ckpt_path, config, world_size)
         _load_trained_params(decomposition, tensors)
         step = meta["step"]
+    elif init_from is not None:
+        init_record = _init_from(decomposition, Path(init_from), target)
+        step = 0
     else:
         _faithfulness_warmup(decomposition, config)
         step = 0
@@ -268,6 +276,10 @@ def decompose(
         del tensors
     if rank == 0:
         _prepare_logs(out_dir, step, resuming)
+        if not resuming:  # the run's origin survives resumes in its own file
+            (out_dir / INIT_FROM_NAME).unlink(missing_ok=True)
+            if init_from is not None:
+                write_json_atomic(out_dir / INIT_FROM_NAME, init_record)
         write_json_atomic(out_dir / CONFIG_NAME, {"config": config.model_dump(mode="json"), "seed": config.seed, "world_size": world_size, "versions": versions()})
 
     def save_checkpoint() -> None:
@@ -308,6 +320,7 @@ def decompose(
     decomposition.config = config.model_dump(mode="json")
     decomposition.provenance = {
         "method": "VPD" if config.coeff_adversarial > 0 else "SPD",
+        **({"init_from": json.loads((out_dir / INIT_FROM_NAME).read_text())} if (out_dir / INIT_FROM_NAME).is_file() else {}),
         "steps_done": step, "completed": completed, "world_size": world_size, "seed": config.seed,
         "train_blocks_shape": list(train_blocks.shape), "wall_time_s_this_session": round(time.time() - t0, 1),
         "steps_this_session": step - start_step,
@@ -320,6 +333,33 @@ def decompose(
     if stopped and rank == 0:
         print(f"decompose: stopped at step {step}/{config.steps}; checkpoint in {ckpt_path} (resume to continue)")
     return decomposition
+
+
+INIT_FROM_NAME = "init_from.json"
+
+
+def _init_from(decomposition: Decomposition, source_dir: Path, target: nn.Module) -> dict:
+    """Copy components and CI function from a saved decomposition of the same target and shape."""
+    from .decomposed import META_NAME
+
+    source = Decomposition.load(source_dir, target)  # checks the target's weights fingerprint
+    ours = {p: decomposition.C(p) for p in decomposition.module_paths}
+    theirs = {p: source.C(p) for p in source.module_paths}
+    if ours != theirs or source.ci_config.sizes() != decomposition.ci_config.sizes():
+        meta = json.loads((source_dir / META_NAME).read_text())
+        raise ValueError(
+            f"--init-from {source_dir} does not match this run: it decomposes {_describe(theirs)} with CI {source.ci_config.type} "
+            f"(target fingerprint {meta['target']['fingerprint']}), this run's config asks for {_describe(ours)} with CI "
+            f"{decomposition.ci_config.type}; use the config the source was made with (its decompose_config.json) or start afresh"
+        )
+    with torch.no_grad():
+        for (name, p), (_, q) in zip(decomposition.named_parameters(), source.named_parameters()):
+            p.copy_(q)
+    return {"path": str(source_dir), "provenance": source.provenance}
+
+
+def _describe(C: dict[str, int]) -> str:
+    return ", ".join(f"{p} (C={c})" for p, c in sorted(C.items()))
 
 
 def _faithfulness_warmup(decomposition: Decomposition, config: DecomposeConfig) -> None:

@@ -22,10 +22,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-len", type=int, default=128)
     p.add_argument("--threshold", type=float, default=0.1, help="CI above which a subcomponent counts as firing")
     p.add_argument("--out", type=Path, help="write the full report as JSON here")
+    s = p.add_argument_group("dose scan (--scan): choose what to edit by its measured effect")
+    s.add_argument("--scan", action="store_true", help="hand-set each candidate's scale on both sides of 1, bisect to the damage bound on "
+                   "--reference, report its best gain on --target (candidates: the top of every ranking, or --keys)")
+    s.add_argument("--basis", choices=["components", "neurons", "svd"], default="components",
+                   help="scan the decomposition's subcomponents, MLP units (down projections) or singular directions")
+    s.add_argument("--modules", nargs="+", help="restrict the basis to these module patterns (fnmatch, e.g. 'h.3.mlp.*')")
+    s.add_argument("--bound", type=float, default=0.1, help="damage bound on --reference, nats")
+    s.add_argument("--top-per-ranking", type=int, default=16, help="candidates taken from the top of each ranking")
+    s.add_argument("--scan-blocks", type=int, default=16, help="blocks per dataset for the scan (held-out text, e.g. valid.* or parallel.*)")
     p.set_defaults(func=_inspect)
 
 
 def _inspect(args) -> int:
+    if args.scan:
+        return _scan(args)
     from .report import inspection_report, render_text
 
     report = inspection_report(
@@ -39,4 +50,31 @@ def _inspect(args) -> int:
 
         write_json_atomic(args.out, report)
         print(f"\nreport written to {args.out}")
+    return 0
+
+
+def _scan(args) -> int:
+    from .._io import write_json_atomic
+    from ..corpus.bundle import bundled_decomposition_dir, bundled_model_dir
+    from ..decomposition import Decomposition
+    from ..model.loading import load_model_and_tokenizer
+    from .scan import plot_scan, render_scan_text, scan_report
+
+    if args.bound <= 0:
+        raise ValueError(f"--bound must be > 0 nats, got {args.bound}")
+    model, tokenizer = load_model_and_tokenizer(args.model or bundled_model_dir())
+    decomposition = None
+    if args.basis == "components":
+        decomposition = Decomposition.load(args.decomposition or bundled_decomposition_dir(), model)
+    protected = [d for d in args.datasets if d != args.target]
+    report = scan_report(model=model, tokenizer=tokenizer, decomposition=decomposition, basis_name=args.basis, modules=args.modules,
+                         target=args.target, reference=args.reference, protected=protected, keys=args.keys, n_blocks=args.scan_blocks,
+                         block_len=args.block_len, bound=args.bound, top_per_ranking=args.top_per_ranking)
+    report["config"].update({"model": str(args.model or bundled_model_dir()),
+                             "decomposition": str(args.decomposition or bundled_decomposition_dir()) if decomposition is not None else None})
+    print(render_scan_text(report))
+    if args.out:
+        write_json_atomic(args.out, report)
+        figures = plot_scan(report, args.out.with_suffix(""))
+        print(f"\nscan written to {args.out}; curves in {', '.join(map(str, figures))}")
     return 0

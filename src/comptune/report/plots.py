@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator  # noqa: E402
 
-from .._io import atomic_path  # noqa: E402
+from .._figures import save_figure  # noqa: E402
 
 MARKERS = "osD^vP*Xh<>"
 
@@ -34,19 +34,6 @@ def short_label(dataset: str) -> str:
 def method_colors(methods: list[str]) -> dict[str, tuple]:
     cmap = plt.get_cmap("tab10")
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
-
-
-def save_figure(fig, stem: Path) -> list[Path]:
-    """`stem`.png and `stem`.svg, written atomically; closes the figure."""
-    paths = []
-    for fmt in ("png", "svg"):
-        path = stem.with_suffix(f".{fmt}")
-        with atomic_path(path) as tmp:
-            # no timestamp in the SVG, so re-running the report on the same results gives the same file
-            fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
-        paths.append(path)
-    plt.close(fig)
-    return paths
 
 
 def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int], *, chance_gap: float, max_damage: float, forget_label: str, retain_label: str, stem: Path) -> list[Path]:

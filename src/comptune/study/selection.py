@@ -8,37 +8,14 @@ i.e. how much the unit writes on each dataset.
 
 from __future__ import annotations
 
-import fnmatch
-
 import torch
 import torch.nn as nn
 
 from .. import inspection
 from ..decomposition.components import Components, linear_layout_weight, parse_component_key, validate_keys
-from ..tuning import Selection, linear_module_paths, svd_components
+from ..decomposition.bases import default_neuron_modules, linear_module_paths, neuron_components, svd_components
+from ..tuning import Selection
 from .config import MethodSpec, SweepConfig
-
-# MLP output projections, whose inputs are the hidden units (ComptuneLM/Llama, GPT-2)
-NEURON_MODULE_PATTERNS = ("*mlp.down_proj", "*mlp.c_proj")
-
-
-def neuron_components(model: nn.Module, paths: list[str]) -> dict[str, Components]:
-    """The neuron basis of MLP output projections: unit j reads hidden unit h_j (V = I) and writes
-    column j of W (U = Wᵀ), so scaling unit j is exactly neuron-scale's (IA3's) edit."""
-    out = {}
-    for path in paths:
-        layer = model.get_submodule(path)
-        W = linear_layout_weight(layer).detach()  # [d_out, d_hidden]
-        out[path] = Components(V=torch.eye(W.shape[1], dtype=W.dtype), U=W.T.contiguous())
-    return out
-
-
-def default_neuron_modules(model: nn.Module) -> list[str]:
-    paths = [p for p in linear_module_paths(model) if any(fnmatch.fnmatch(p, pat) for pat in NEURON_MODULE_PATTERNS)]
-    if not paths:
-        raise ValueError(f"found no MLP output projection ({', '.join(NEURON_MODULE_PATTERNS)}) for neuron-scale; give select.modules")
-    return paths
-
 
 @torch.no_grad()
 def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: dict[str, torch.Tensor], batch_size: int = 8) -> inspection.UnitScores:

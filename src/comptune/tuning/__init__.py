@@ -5,6 +5,7 @@
 - `tune`: train any method on −min(CE_forget, ln|V|) + λ·KL(orig ‖ edited)[retain] to a plateau.
 """
 
+from ..decomposition.bases import linear_module_paths, svd_components
 from ..decomposition.components import Components, module_keys
 from .component_scale import (
     SIGN_CONVENTION,
@@ -15,9 +16,8 @@ from .component_scale import (
     load_adapter,
 )
 from .config import Selection, TuneConfig
-from .methods import TunableModel, build_method, linear_module_paths
+from .methods import TunableModel, build_method
 from .objective import LossTerms, capped_forget_term, next_token_ce, retain_kl, tuning_loss
-from .svd import svd_components
 from .train import NonFiniteLossError, TuneResult, forget_sequences, take_budget, tune
 
 __all__ = [

@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..decomposition.components import SUPPORTED_MODULE_TYPES, linear_layout_weight, module_keys, module_kind, parse_component_key
 from .component_scale import ComponentScaleConfig, apply_component_scale
 from .config import TuneConfig
-from .svd import svd_components
+from ..decomposition.bases import linear_module_paths, svd_components
 
 
 @dataclass
@@ -56,12 +56,6 @@ class TunableModel:
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
         return out_dir
-
-
-def linear_module_paths(model: nn.Module) -> list[str]:
-    """Every nn.Linear / Conv1D except the unembedding (embeddings are nn.Embedding already)."""
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return [name for name, m in model.named_modules() if isinstance(m, SUPPORTED_MODULE_TYPES) and m is not out_emb]
 
 
 def build_method(name: str, model: nn.Module, decomposition, selection, config: TuneConfig, *, decomposition_dir=None) -> TunableModel:

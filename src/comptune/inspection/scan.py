@@ -1,0 +1,479 @@
+"""Dose scan: choose what to edit by its measured effect, not by where it fires.
+
+For each candidate unit (a subcomponent, an MLP unit or a singular direction — any basis given as
+path -> Components(V [d_in, r], U [r, d_out])) the scan sets its scale s by hand, alone,
+
+    edited layer:  y = W x + (s − 1) u_c (v_cᵀ x)        (ComponentScale's edit with one key)
+
+and reads the held-out CE on a target dataset (what the edit should remove, e.g. German) and on a
+reference dataset (what it must spare, e.g. English). Going outward from s = 1 on both sides over
+a grid of |s − 1|, it stops at the first scale whose reference damage exceeds the bound and bisects
+between it and the last scale within the bound. A candidate's result is its best target gain among
+the scales within the bound, that s, and the whole curve.
+
+Causal importance says where a subcomponent may be *ablated* (s ∈ [0, 1]); it does not say what an
+inverted or amplified one writes where its CI is low but its activation is not zero. The scan
+measures exactly that, in every basis.
+
+Fast path: forward only; the frozen blocks before the candidate's layer run once per batch (their
+output is replayed); the K (candidate, s) points of a round share one batched forward, each copy of
+the batch carrying its own rank-1 add-on. CE is the evaluation's definition (first token of each
+block never scored, mean over N·(T−1) predictions, float32 softmax, float64 sums).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..decomposition.components import Components, format_component_key, parse_component_key, validate_keys
+
+# |s − 1| tried outward from s = 1 on each side before bisection; the German MLP unit of the
+# bundled model needs s ≈ −32, so the grid reaches well past that
+DEFAULT_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+
+
+@dataclass
+class ScanPoint:
+    s: float
+    gain: float  # target CE(s) − CE(1), nats
+    damage: float  # reference CE(s) − CE(1), nats
+
+
+@dataclass
+class CandidateScan:
+    key: str
+    best_gain: float  # largest target gain among points with damage ≤ bound (0 at s = 1)
+    best_s: float
+    best_damage: float
+    curve: list[ScanPoint] = field(default_factory=list)  # every evaluated point, sorted by s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's stack of transformer blocks: the longest nn.ModuleList of same-typed modules
+    (ComptuneLM `h`, GPT-2 `transformer.h`, Llama `model.layers`, GPT-NeoX `gpt_neox.layers`)."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) and len({type(b) for b in m}) == 1:
+            if best is None or len(m) > len(best[1]):
+                best = (name, m)
+    if best is None:
+        raise ValueError(f"{type(model).__name__} has no stack of blocks (nn.ModuleList) to cache a prefix of")
+    return best
+
+
+def block_index(blocks_name: str, path: str) -> int | None:
+    """Index of the block holding module `path` ("h.3.mlp.down_proj" -> 3), None if outside the stack."""
+    m = re.match(re.escape(blocks_name) + r"\.(\d+)\.", path)
+    return int(m.group(1)) if m else None
+
+
+class _Replay(nn.Module):
+    """Stands in for a frozen block: returns the output the prefix computed (repeated per copy)."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+def _repeat_output(output, k: int):
+    if k == 1:
+        return output
+    if isinstance(output, torch.Tensor):
+        return output.repeat(k, *([1] * (output.dim() - 1)))
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (_repeat_output(output[0], k), *output[1:])
+    raise TypeError(f"cannot replay a block output of type {type(output).__name__}")
+
+
+@contextmanager
+def _prefix_replayed(blocks: nn.ModuleList, upto: int, output, k: int) -> Iterator[None]:
+    """Blocks 0..upto−1 replaced by a replay of block upto−1's output (their inputs are ignored)."""
+    saved = [blocks[i] for i in range(upto)]
+    replay = _repeat_output(output, k)
+    try:
+        for i in range(upto):
+            blocks[i] = _Replay(replay)
+        yield
+    finally:
+        for i, b in enumerate(saved):
+            blocks[i] = b
+
+
+@contextmanager
+def _rank1_add_ons(module: nn.Module, v: torch.Tensor, u: torch.Tensor, delta: torch.Tensor) -> Iterator[None]:
+    """Copy k of the batch (the batch is K copies stacked) gets y += δ_k u_k (v_kᵀ x).
+    v [K, d_in], u [K, d_out], δ [K]."""
+    K = delta.shape[0]
+
+    def hook(mod, args, output):
+        x = args[0]
+        xk = x.reshape(K, -1, *x.shape[1:])  # [K, B, T, d_in]
+        a = torch.einsum("kbti,ki->kbt", xk.to(v.dtype), v) * delta[:, None, None]  # [K, B, T]
+        add = a[..., None] * u[:, None, None, :]  # [K, B, T, d_out]
+        return output + add.reshape(output.shape).to(output.dtype)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=ids)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def _nll_sums(logits: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """Summed next-token NLL per copy: logits [K·B, T, V], ids [B, T] -> [K] float64."""
+    V = logits.shape[-1]
+    targets = ids[:, 1:].repeat(k, 1)
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), targets.reshape(-1), reduction="none")
+    return nll.view(k, -1).double().sum(1)
+
+
+class DoseScanner:
+    """Evaluates hand-set single-unit scales on a target and a reference dataset, prefix cached.
+
+    `datasets` maps a name to token blocks [N, T]; every evaluation returns the mean CE per dataset.
+    """
+
+    def __init__(self, model: nn.Module, basis: Mapping[str, Components], datasets: Mapping[str, torch.Tensor], *, batch_size: int = 8, points_per_forward: int = 8):
+        if batch_size < 1 or points_per_forward < 1:
+            raise ValueError("batch_size and points_per_forward must be >= 1")
+        for name, b in datasets.items():
+            if b.dim() != 2 or b.shape[0] < 1 or b.shape[1] < 2 or b.dtype != torch.long:
+                raise ValueError(f"dataset {name!r} must be a LongTensor [N >= 1, T >= 2] of token blocks, got {b.dtype} {tuple(b.shape)}")
+        self.model, self.basis, self.datasets = model, basis, dict(datasets)
+        self.batch_size, self.K = batch_size, points_per_forward
+        self.device = next(model.parameters()).device
+        self.blocks_name, self.blocks = decoder_blocks(model)
+        self._prefix: dict[tuple[int, str, int], object] = {}  # (layer, dataset, batch start) -> output of block layer−1
+        self.base = self._evaluate(None, [], torch.zeros(0))
+
+    def _batches(self, name: str):
+        blocks = self.datasets[name]
+        for start in range(0, len(blocks), self.batch_size):
+            yield start, blocks[start : start + self.batch_size].to(self.device)
+
+    def _prefix_output(self, layer: int, name: str, start: int, ids: torch.Tensor):
+        key = (layer, name, start)
+        if key not in self._prefix:
+            captured = {}
+            handle = self.blocks[layer - 1].register_forward_hook(lambda m, a, out: captured.setdefault("out", out))
+            try:
+                _logits(self.model, ids)  # one plain forward per batch and layer; its logits are not needed
+            finally:
+                handle.remove()
+            self._prefix[key] = captured["out"]
+        return self._prefix[key]
+
+    @torch.inference_mode()
+    def _evaluate(self, path: str | None, indices: list[int], deltas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mean CE per dataset for K points (index, δ = s − 1) of one module: {name: [K]} (K ≥ 1)."""
+        k = max(len(indices), 1)
+        layer = block_index(self.blocks_name, path) if path is not None else None
+        out = {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for name, blocks in self.datasets.items():
+                total = torch.zeros(k, dtype=torch.float64)
+                for start, ids in self._batches(name):
+                    ids_k = ids.repeat(k, 1)
+                    # blocks before the edited one are frozen: replay their output
+                    replay = _prefix_replayed(self.blocks, layer, self._prefix_output(layer, name, start, ids), k) if layer else nullcontext()
+                    with replay, nullcontext() if path is None else self._edited(path, indices, deltas):
+                        logits = _logits(self.model, ids_k)
+                    total += _nll_sums(logits, ids, k).cpu()
+                out[name] = total / (blocks.shape[0] * (blocks.shape[1] - 1))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    @contextmanager
+    def _edited(self, path: str, indices: list[int], deltas: torch.Tensor) -> Iterator[None]:
+        comp = self.basis[path]
+        idx = torch.tensor(indices)
+        v = comp.V[:, idx].T.to(self.device)  # [K, d_in]
+        u = comp.U[idx].to(self.device)  # [K, d_out]
+        with _rank1_add_ons(self.model.get_submodule(path), v, u, deltas.to(self.device, v.dtype)):
+            yield
+
+    def ce_at(self, points: list[tuple[str, float]]) -> list[dict[str, float]]:
+        """Mean CE per dataset with each (key, s) applied alone; points of one module share forwards."""
+        results: list[dict[str, float] | None] = [None] * len(points)
+        by_path: dict[str, list[int]] = {}
+        for i, (key, _) in enumerate(points):
+            by_path.setdefault(parse_component_key(key)[0], []).append(i)
+        for path, rows in by_path.items():
+            for j in range(0, len(rows), self.K):
+                chunk = rows[j : j + self.K]
+                indices = [parse_component_key(points[i][0])[1] for i in chunk]
+                deltas = torch.tensor([points[i][1] - 1.0 for i in chunk], dtype=torch.float64)
+                ce = self._evaluate(path, indices, deltas)
+                for n, i in enumerate(chunk):
+                    results[i] = {name: float(v[n]) for name, v in ce.items()}
+        return results  # type: ignore[return-value]
+
+
+def bisect_to_bound(f, lo: float, hi: float, bound: float, steps: int) -> list[tuple[float, float]]:
+    """Bisect |s − 1| between lo (damage ≤ bound, or 0) and hi (damage > bound) for the largest dose
+    within the bound. `f(m)` returns the damage at magnitude m. Geometric midpoints once lo > 0
+    (doses span decades). Returns every (m, damage) evaluated."""
+    seen = []
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+        d = f(mid)
+        seen.append((mid, d))
+        if d <= bound:
+            lo = mid
+        else:
+            hi = mid
+    return seen
+
+
+def dose_scan(scanner: DoseScanner, keys: list[str], *, target: str, reference: str, bound: float = 0.1,
+              grid: tuple[float, ...] = DEFAULT_GRID, bisect_steps: int = 5, log=None) -> list[CandidateScan]:
+    """Scan every key on both sides of s = 1 (see the module docstring); best candidates first.
+
+    All candidates advance together one grid level (then one bisection step) per round, so a round's
+    points share batched forwards."""
+    if bound <= 0:
+        raise ValueError(f"the damage bound must be > 0 nats, got {bound}")
+    for name in (target, reference):
+        if name not in scanner.datasets:
+            raise ValueError(f"dataset {name!r} is not among the scanner's datasets {sorted(scanner.datasets)}")
+    if not grid or any(m <= 0 for m in grid) or list(grid) != sorted(grid):
+        raise ValueError(f"grid must be increasing positive |s − 1| values, got {grid}")
+    validate_keys(scanner.basis, keys)
+    base_t, base_r = float(scanner.base[target][0]), float(scanner.base[reference][0])
+    curves: dict[str, dict[float, ScanPoint]] = {k: {1.0: ScanPoint(1.0, 0.0, 0.0)} for k in keys}
+    # (key, sign) -> [last magnitude within the bound (0 = none), first beyond it or None]
+    sides = {(k, sign): [0.0, None] for k in keys for sign in (-1.0, 1.0)}
+
+    def measure(todo: list[tuple[str, float, float]]) -> list[float]:
+        """Evaluate (key, sign, magnitude) points; record them; return their damages."""
+        points = [(k, 1.0 + sign * m) for k, sign, m in todo]
+        damages = []
+        for (k, s), ce in zip(points, scanner.ce_at(points)):
+            p = ScanPoint(s, ce[target] - base_t, ce[reference] - base_r)
+            curves[k][s] = p
+            damages.append(p.damage)
+        return damages
+
+    for level, m in enumerate(grid):
+        todo = [(k, sign, m) for (k, sign), (lo, hi) in sides.items() if hi is None and lo == (grid[level - 1] if level else 0.0)]
+        if not todo:
+            break
+        for (k, sign, _), d in zip(todo, measure(todo)):
+            sides[(k, sign)][0 if d <= bound else 1] = m
+        if log:
+            log(f"scan: |s − 1| = {m:g}: {len(todo)} points, {sum(1 for v in sides.values() if v[1] is None)} sides still within the bound")
+    for _ in range(bisect_steps):
+        todo = [(k, sign, (math.sqrt(lo * hi) if lo > 0 else hi / 2)) for (k, sign), (lo, hi) in sides.items() if hi is not None]
+        if not todo:
+            break
+        for (k, sign, mid), d in zip(todo, measure(todo)):
+            sides[(k, sign)][0 if d <= bound else 1] = mid
+    out = []
+    for k in keys:
+        curve = sorted(curves[k].values(), key=lambda p: p.s)
+        best = max((p for p in curve if p.damage <= bound), key=lambda p: p.gain)
+        out.append(CandidateScan(k, best.gain, best.s, best.damage, curve))
+    out.sort(key=lambda c: c.best_gain, reverse=True)
+    return out
+
+
+@torch.no_grad()
+def attribution_scores(model: nn.Module, basis: Mapping[str, Components], datasets: Mapping[str, torch.Tensor], *, batch_size: int = 8) -> dict[str, dict[str, torch.Tensor]]:
+    """Per dataset and unit: `dce_ds`, the first-order effect dCE/ds at s = 1, and `write_power`, the
+    mean squared write (v_cᵀ x)²·‖u_c‖² per token. {name: {path: [r]}} for each of the two."""
+    device = next(model.parameters()).device
+    out = {"dce_ds": {}, "write_power": {}}
+    for name, blocks in datasets.items():
+        grads = {p: torch.zeros(c.V.shape[1], dtype=torch.float64) for p, c in basis.items()}
+        power = {p: torch.zeros(c.V.shape[1], dtype=torch.float64) for p, c in basis.items()}
+        n_pred = blocks.shape[0] * (blocks.shape[1] - 1)
+        for start in range(0, len(blocks), batch_size):
+            ids = blocks[start : start + batch_size].to(device)
+            zs, handles = {}, []
+            for path, comp in basis.items():
+                V, U = comp.V.to(device), comp.U.to(device)
+                z = torch.zeros(V.shape[1], device=device, dtype=V.dtype, requires_grad=True)
+                zs[path] = z
+
+                def hook(mod, args, output, V=V, U=U, z=z, path=path):
+                    a = args[0].to(V.dtype) @ V  # [B, T, r]
+                    power[path] += (a.detach().pow(2).flatten(0, 1).double().sum(0) * U.detach().pow(2).sum(1).double().cpu())
+                    return output + ((a * z) @ U).to(output.dtype)  # z = 0: the model is unchanged
+
+                handles.append(model.get_submodule(path).register_forward_hook(hook))
+            try:
+                with torch.enable_grad():
+                    logits = _logits(model, ids)
+                    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="sum")
+                    g = torch.autograd.grad(nll, list(zs.values()))
+            finally:
+                for h in handles:
+                    h.remove()
+            for path, gz in zip(zs, g):
+                grads[path] += gz.double().cpu()
+        out["dce_ds"][name] = {p: (v / n_pred).float() for p, v in grads.items()}
+        out["write_power"][name] = {p: (v / (blocks.shape[0] * blocks.shape[1])).float() for p, v in power.items()}
+    return out
+
+
+RANKINGS = ("ci_difference", "ci_specificity", "attribution", "write_ratio")
+
+
+def candidate_rankings(model: nn.Module, basis: Mapping[str, Components], datasets: Mapping[str, torch.Tensor], *, target: str, reference: str,
+                       protected: list[str], decomposition=None, batch_size: int = 8) -> dict[str, list[tuple[str, float]]]:
+    """Every unit ranked, best first, by each criterion this basis supports:
+    - ci_difference / ci_specificity (subcomponents only): mean CI on target − reference / − max(protected);
+    - attribution: |dCE_target/ds| − |dCE_reference/ds| at s = 1;
+    - write_ratio: mean squared write on target / on reference."""
+    from .stats import component_stats, rank_by_difference, rank_by_specificity
+
+    rankings = {}
+    if decomposition is not None:
+        stats = component_stats(decomposition, {n: datasets[n] for n in dict.fromkeys([target, reference, *protected])}, batch_size=batch_size)
+        rankings["ci_difference"] = rank_by_difference(stats, target, reference)
+        if protected:
+            rankings["ci_specificity"] = rank_by_specificity(stats, target, protected)
+    attr = attribution_scores(model, basis, {n: datasets[n] for n in (target, reference)}, batch_size=batch_size)
+    t, r = attr["dce_ds"][target], attr["dce_ds"][reference]
+    pt, pr = attr["write_power"][target], attr["write_power"][reference]
+    rankings["attribution"] = _sorted({p: t[p].abs() - r[p].abs() for p in basis})
+    rankings["write_ratio"] = _sorted({p: pt[p] / (pr[p] + 1e-12) for p in basis})
+    return rankings
+
+
+def _sorted(scores: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
+    flat = [(format_component_key(p, i), float(v)) for p, s in scores.items() for i, v in enumerate(s.tolist())]
+    flat.sort(key=lambda kv: kv[1], reverse=True)
+    return flat
+
+
+def pool_candidates(rankings: Mapping[str, list[tuple[str, float]]], top: int) -> list[str]:
+    """The union of each ranking's top `top` keys, in order of first appearance."""
+    keys: dict[str, None] = {}
+    for ranked in rankings.values():
+        keys.update(dict.fromkeys(k for k, _ in ranked[:top]))
+    return list(keys)
+
+
+def scan_report(*, model, tokenizer, decomposition, basis_name: str, modules: list[str] | None, target: str, reference: str,
+                protected: list[str], keys: list[str] | None = None, n_blocks: int = 16, block_len: int = 128, bound: float = 0.1,
+                top_per_ranking: int = 16, grid: tuple[float, ...] = DEFAULT_GRID, bisect_steps: int = 5, batch_size: int = 8,
+                log=print) -> dict:
+    """The whole scan as one JSON-able dict: candidates pooled from every ranking of the basis (or the
+    given keys), each scanned; config, base CE, rankings' top keys and every curve recorded."""
+    import fnmatch
+    import time
+
+    from .._io import versions
+    from ..corpus.datasets import dataset_blocks
+    from ..decomposition.bases import default_neuron_modules, linear_module_paths, neuron_components, svd_components
+
+    if basis_name == "components":
+        if decomposition is None:
+            raise ValueError("the components basis needs a decomposition")
+        paths = list(decomposition.module_paths)
+    elif basis_name == "neurons":
+        paths = default_neuron_modules(model)
+    elif basis_name == "svd":
+        paths = linear_module_paths(model)
+    else:
+        raise ValueError(f"unknown basis {basis_name!r}; choose components, neurons or svd")
+    if modules:
+        chosen = [p for p in paths if any(fnmatch.fnmatch(p, m) for m in modules)]
+        if not chosen:
+            raise ValueError(f"--modules {modules} match none of the basis's modules: {', '.join(paths)}")
+        paths = chosen
+    if basis_name == "components":
+        basis = {p: decomposition.get_components(p) for p in paths}
+    else:
+        basis = (neuron_components if basis_name == "neurons" else svd_components)(model, paths)
+    names = list(dict.fromkeys([target, reference, *protected]))
+    start = time.perf_counter()
+    datasets = {}
+    for n in names:
+        blocks = dataset_blocks(n, tokenizer, block_len, max_blocks=n_blocks)
+        if len(blocks) < n_blocks:
+            raise ValueError(f"dataset {n!r} has only {len(blocks)} blocks of {block_len} tokens, the scan asks for {n_blocks}; "
+                             "lower --scan-blocks or give a larger dataset")
+        datasets[n] = blocks
+    rankings: dict[str, list[tuple[str, float]]] = {}
+    if keys:
+        candidates = list(keys)
+    else:
+        log(f"scan: ranking the {basis_name} basis of {len(paths)} modules by {', '.join(RANKINGS if decomposition is not None and basis_name == 'components' else RANKINGS[2:])}")
+        comp_decomp = decomposition if basis_name == "components" else None
+        if comp_decomp is not None and set(paths) != set(decomposition.module_paths):
+            comp_decomp = None  # CI rankings cover the whole decomposition; restricted modules rank by effect only
+        rankings = candidate_rankings(model, basis, datasets, target=target, reference=reference, protected=protected,
+                                      decomposition=comp_decomp, batch_size=batch_size)
+        candidates = pool_candidates(rankings, top_per_ranking)
+    log(f"scan: {len(candidates)} candidates, |s − 1| grid {list(grid)}, bound {bound} nats on {reference}")
+    scanner = DoseScanner(model, basis, {target: datasets[target], reference: datasets[reference]}, batch_size=batch_size)
+    results = dose_scan(scanner, candidates, target=target, reference=reference, bound=bound, grid=grid, bisect_steps=bisect_steps, log=log)
+    ranks = {name: {k: i + 1 for i, (k, _) in enumerate(r)} for name, r in rankings.items()}
+    return {
+        "config": {"basis": basis_name, "modules": paths, "target": target, "reference": reference, "protected": protected,
+                   "keys": keys, "blocks_per_dataset": n_blocks, "block_len": block_len, "bound": bound,
+                   "top_per_ranking": top_per_ranking, "grid": list(grid), "bisect_steps": bisect_steps, "seed": "deterministic (no sampling)"},
+        "base_ce": {n: float(v[0]) for n, v in scanner.base.items()},
+        "seconds": round(time.perf_counter() - start, 1),
+        "rankings_top": {name: [[k, round(v, 6)] for k, v in r[:top_per_ranking]] for name, r in rankings.items()},
+        "candidates": [{**r.to_dict(), "rank_in": {name: rk.get(r.key) for name, rk in ranks.items()}} for r in results],
+        "versions": versions(),
+    }
+
+
+def render_scan_text(report: dict, top: int = 20) -> str:
+    cfg = report["config"]
+    lines = [f"Dose scan ({cfg['basis']} basis): best {cfg['target']} gain with ≤ {cfg['bound']} nats damage on {cfg['reference']} "
+             f"(base CE {report['base_ce'][cfg['target']]:.3f} / {report['base_ce'][cfg['reference']]:.3f})",
+             f"  {'':>3}  {'key':<28} {'gain':>7} {'s':>9} {'damage':>7}  rank in " + ", ".join(report["rankings_top"]) ]
+    for i, c in enumerate(report["candidates"][:top]):
+        ranks = ", ".join("-" if v is None else str(v) for v in c["rank_in"].values())
+        lines.append(f"  {i + 1:>3}. {c['key']:<28} {c['best_gain']:+7.3f} {c['best_s']:9.3g} {c['best_damage']:+7.3f}  {ranks}")
+    return "\n".join(lines)
+
+
+def plot_scan(report: dict, stem, top: int = 8) -> list:
+    """The best candidates' curves: target gain against reference damage, the bound marked."""
+    import matplotlib.pyplot as plt
+
+    from .._figures import save_figure
+
+    cfg = report["config"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, c in enumerate(report["candidates"][:top]):
+        pts = sorted(c["curve"], key=lambda p: p["s"])
+        for side, sel in (("s<1", [p for p in pts if p["s"] <= 1]), ("s>1", [p for p in pts if p["s"] >= 1])):
+            if len(sel) > 1:
+                ax.plot([p["damage"] for p in sel], [p["gain"] for p in sel], marker="o", ms=2.5, lw=1, color=f"C{i % 10}",
+                        ls="-" if side == "s<1" else ":", label=f"{c['key']} (best s={c['best_s']:.3g})" if side == "s<1" else None)
+    ax.axvline(cfg["bound"], color="k", lw=0.8, ls="--")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel(f"damage: CE increase on {cfg['reference']} (nats)")
+    ax.set_ylabel(f"gain: CE increase on {cfg['target']} (nats)")
+    ax.set_title(f"Dose scan, {cfg['basis']} basis (solid s<1, dotted s>1)", fontsize=10)
+    ax.legend(fontsize=7)
+    return save_figure(fig, stem)
