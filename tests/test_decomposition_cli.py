@@ -77,3 +77,42 @@ def test_bad_input_is_one_line(files, tmp_path, capsys):
     assert "no `blocks` tensor" in capsys.readouterr().err
     assert main(["decomposition", "report", str(tmp_path / "missing"), "--data", "x"]) == 2
     assert "decomposition.json is missing" in capsys.readouterr().err
+
+
+def test_report_by_dataset_and_task_bar_then_init_from(files, tmp_path, capsys):
+    """The report's per-dataset faithfulness equals the CI-masked CE computed directly; the task bar
+    scans the decomposition's subcomponents and says whether one reaches chance on the target;
+    `decompose --init-from` continues from the saved decomposition."""
+    out = tmp_path / "dec"
+    base = ["--model", str(files / "model"), "--data", str(files / "text.txt"), "--preset", "small", "--config", str(files / "config.yaml"),
+            "--block-len", "16"]
+    assert main(["decompose", *base, "--out", str(out)]) == 0
+    de, en = tmp_path / "de.txt", tmp_path / "en.txt"
+    de.write_text("Die Kommission hat geprüft. " * 40)
+    en.write_text("The committee has examined the proposal. " * 40)
+    capsys.readouterr()
+    assert main(["decomposition", "report", str(out), "--data", str(files / "text.txt"), "--block-len", "16", "--blocks", "4", "--pgd-steps", "1",
+                 "--datasets", str(de), str(en), "--target", str(de), "--reference", str(en), "--scan-blocks", "2", "--out", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "faithfulness by dataset" in printed and "bar:" in printed
+    report = json.loads((tmp_path / "r.json").read_text())["report"]
+    model = ComptuneLMForCausalLM.from_pretrained(files / "model")
+    dec = Decomposition.load(out, model)
+    from comptune.decomposition.cli import load_blocks
+    from comptune.decomposition.report import next_token_ce_sum
+    from comptune.model.loading import load_tokenizer
+
+    blocks = load_blocks(str(de), load_tokenizer(files / "model"), 16, 4)
+    with torch.no_grad():
+        ci = dec.causal_importance(blocks)
+        masked = next_token_ce_sum(dec.masked_logits(blocks, ci.lower), blocks) / (blocks.shape[0] * 15)
+    assert report["by_dataset"][str(de)]["ci_masked"] == pytest.approx(masked, abs=1e-5)
+    bar = report["task_bar"]
+    assert bar["bar"]["gain_to_chance"] == pytest.approx(bar["chance"] - bar["base_ce"][str(de)])
+    assert bar["bar"]["met"] == (bar["bar"]["best_gain"] >= bar["bar"]["gain_to_chance"])
+    assert bar["best"][0]["best_damage"] <= 0.1 and bar["best"][0]["key"] == bar["bar"]["best_key"]
+    assert main(["decomposition", "report", str(out), "--data", str(files / "text.txt"), "--target", str(de)]) == 2
+    assert "--target and --reference go together" in capsys.readouterr().err
+
+    assert main(["decompose", *base, "--out", str(tmp_path / "cont"), "--init-from", str(out)]) == 0
+    assert json.loads((tmp_path / "cont" / "decomposition.json").read_text())["provenance"]["init_from"]["path"] == str(out)

@@ -157,3 +157,25 @@ def test_init_from_continues_the_source_exactly(tmp_path):
         other.h[0].attn.v_proj.weight.add_(1.0)
     with pytest.raises(ValueError, match="fingerprint .* but this model's are"):
         decompose(other, BLOCKS, config(), tmp_path / "m", init_from=tmp_path / "src")
+
+
+def test_non_finite_loss_names_the_term_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import comptune.decomposition.train as train_mod
+
+    real = train_mod.minimality_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] == 4 else out
+
+    monkeypatch.setattr(train_mod, "minimality_loss", poisoned)
+    with pytest.raises(FloatingPointError, match="the minimality loss term went non-finite at step 3.*resume from the last checkpoint"):
+        decompose(tiny_lm(), BLOCKS, config(checkpoint_every=2), tmp_path)
+    monkeypatch.setattr(train_mod, "minimality_loss", real)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["state"])["step"] == 2  # the last good checkpoint, untouched
+    assert decompose(tiny_lm(), BLOCKS, config(checkpoint_every=2), tmp_path).provenance["completed"]

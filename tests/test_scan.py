@@ -12,7 +12,6 @@ from comptune.evaluation.ce import evaluate_ce
 from comptune.inspection.scan import (
     DoseScanner,
     attribution_scores,
-    bisect_to_bound,
     candidate_rankings,
     dose_scan,
     pool_candidates,
@@ -74,12 +73,35 @@ def test_neuron_basis_scan_matches_scaling_the_hidden_unit():
     assert got == pytest.approx(evaluate_ce(ref, datasets).ce, abs=1e-5)
 
 
+class _SyntheticScanner:
+    """A scanner whose CEs are known functions of s: damage (s − 1)²/100 on both sides, gain
+    2·|s − 1| below s = 1 and 0.5·|s − 1| above it."""
+
+    def __init__(self):
+        self.basis = {"m": svd_components(tiny_lm(), ["h.0.mlp.c_fc"])["h.0.mlp.c_fc"]}
+        self.datasets = {"t": None, "r": None}
+        self.base = {"t": torch.tensor([3.0]), "r": torch.tensor([2.0])}
+        self.calls = []
+
+    def ce_at(self, points, names=None):
+        self.calls.append((len(points), tuple(names)))
+        out = []
+        for _, s in points:
+            m = abs(s - 1)
+            ce = {"t": 3.0 + (2 * m if s < 1 else 0.5 * m), "r": 2.0 + m * m / 100}
+            out.append({n: ce[n] for n in names})
+        return out
+
+
 def test_bisection_finds_the_bound_on_a_monotone_curve():
-    damage = lambda m: 0.01 * m**2  # bound 0.1 is crossed at m = sqrt(10)
-    seen = bisect_to_bound(damage, 2.0, 4.0, 0.1, steps=20)
-    inside = max(m for m, d in seen if d <= 0.1)
-    assert inside == pytest.approx(math.sqrt(10), rel=1e-4)
-    assert all(d > 0.1 for m, d in seen if m > math.sqrt(10))
+    scanner = _SyntheticScanner()
+    (r,) = dose_scan(scanner, ["m:0"], target="t", reference="r", bound=0.1, grid=(1, 2, 4, 8), bisect_steps=20)
+    # damage 0.1 is reached at |s − 1| = sqrt(10): the inverted side wins, gain 2·sqrt(10)
+    assert r.best_s == pytest.approx(1 - math.sqrt(10), rel=1e-4) and r.best_gain == pytest.approx(2 * math.sqrt(10), rel=1e-4)
+    assert r.best_damage <= 0.1
+    # every point beyond the bound was measured as such; bisection read the reference alone
+    assert all(p.damage > 0.1 for p in r.curve if abs(p.s - 1) > math.sqrt(10))
+    assert ("r",) in [names for _, names in scanner.calls] and scanner.calls[-1] == (2, ("t",))
 
 
 def test_dose_scan_reports_the_best_point_within_the_bound():
@@ -92,12 +114,14 @@ def test_dose_scan_reports_the_best_point_within_the_bound():
     assert [r.best_gain for r in results] == sorted((r.best_gain for r in results), reverse=True)
     for r in results:
         assert r.best_damage <= 0.05 and any(p.s == 1.0 and p.gain == 0 for p in r.curve)
-        assert r.best_gain == max(p.gain for p in r.curve if p.damage <= 0.05)
+        assert r.best_gain == max(p.gain for p in r.curve if p.gain is not None and p.damage <= 0.05)
         assert [p.s for p in r.curve] == sorted(p.s for p in r.curve)
         # each point is what the real edit gives
-        p = r.curve[0]
-        ce = _edited_ce(tiny_lm, basis, r.key, p.s, data())
-        assert p.gain == pytest.approx(ce["de"] - float(scanner.base["de"][0]), abs=1e-5)
+        for p in (r.curve[0], next(q for q in r.curve if q.s == r.best_s)):
+            ce = _edited_ce(tiny_lm, basis, r.key, p.s, data())
+            assert p.damage == pytest.approx(ce["en"] - float(scanner.base["en"][0]), abs=1e-5)
+            if p.gain is not None:
+                assert p.gain == pytest.approx(ce["de"] - float(scanner.base["de"][0]), abs=1e-5)
         # the side went out until it crossed the bound (or the grid ended) and bisected there
         beyond = [q for q in r.curve if q.s < 1 and q.damage > 0.05]
         if beyond:

@@ -316,3 +316,44 @@ def test_selection_in_every_basis(assets):
     for spec in plan_runs(config, sel):
         _, result = tune(spec.tune_config, copy.deepcopy(inputs.model), inputs.forget_stream, inputs.retain_stream, inputs.decomposition)
         assert result.steps >= 1 and len(result.final_scalars) == {"single": 1, "local": 0, "svd": 2, "neurons": 3, "fixed": 1}[spec.method]
+
+
+def test_selection_by_scan_on_validation_data(assets):
+    """`rank: scan` keeps the candidates with the largest validation forget gain within the damage
+    bound — the same figures an independent dose scan of those candidates gives; neuron_single and a
+    CI-gated single key are configs of the existing methods."""
+    from comptune.decomposition.bases import neuron_components
+    from comptune.inspection.scan import DoseScanner, dose_scan
+    from comptune.study.selection import resolve_selections
+    from comptune.study.sweep import sample_blocks
+
+    config = sweep_config(assets, methods=[
+        dict(name="single", method="component_scale", select=dict(rank="scan", top=1, candidates=2), lrs=[0.1]),
+        dict(name="single_ci_gated", method="component_scale", select=dict(modules_of="single", rank="scan", top=1, candidates=2),
+             ci_threshold=0.1, lrs=[0.1]),
+        dict(name="neuron_single", method="neuron_scale", select=dict(rank="scan", top=1, candidates=3), lrs=[0.1]),
+    ], budgets=[4], selection_data=dict(target=str(assets / "de_train.txt"), reference=str(assets / "en_train.txt"),
+                                        protected=[str(assets / "en_train.txt")], block_len=16, max_blocks=4, show_top=3, scan_blocks=3))
+    inputs = load_inputs(config)
+    sel = resolve_selections(config, inputs.model, inputs.tokenizer, inputs.decomposition, log=lambda s: None)
+    sc = config.scoring
+    valid = {n: sample_blocks(n, inputs.tokenizer, 16, 3) for n in (sc.forget_valid, sc.retain_valid)}
+    for name in ("single", "neuron_single"):
+        scanned = sel[name]["scan"]
+        assert sel[name]["selection"]["keys"] == [scanned[0]["key"]]
+        assert [r["best_gain"] for r in scanned] == sorted((r["best_gain"] for r in scanned), reverse=True)
+        assert all(r["best_damage"] <= sc.max_damage for r in scanned)
+    path = sel["neuron_single"]["selection"]["keys"][0].rpartition(":")[0]
+    again = dose_scan(DoseScanner(inputs.model, neuron_components(inputs.model, [path]), valid), sel["neuron_single"]["selection"]["keys"],
+                      target=sc.forget_valid, reference=sc.retain_valid, bound=sc.max_damage)
+    assert again[0].best_gain == pytest.approx(sel["neuron_single"]["scan"][0]["best_gain"], abs=1e-6)
+    gated_module = sel["single_ci_gated"]["selection"]["keys"][0].rpartition(":")[0]
+    assert gated_module == sel["single"]["selection"]["keys"][0].rpartition(":")[0]
+
+    with pytest.raises(ValueError, match="raise select.candidates"):
+        resolve_selections(sweep_config(assets, methods=[dict(name="s", method="neuron_scale", select=dict(rank="scan", top=99, candidates=1), lrs=[0.1])]),
+                           inputs.model, inputs.tokenizer, inputs.decomposition, log=lambda s: None)
+    # the scan reads validation data; a validation set that is also evaluated is refused
+    with pytest.raises(ValueError, match="is also an evaluation set"):
+        sweep_config(assets, scoring=dict(forget_eval=str(assets / "de_heldout.txt"), retain_eval=str(assets / "en_heldout.txt"),
+                                          forget_valid=str(assets / "de_heldout.txt"), retain_valid=str(assets / "fr_train.txt")))

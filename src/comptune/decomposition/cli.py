@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--pgd-steps", type=int, default=20)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--datasets", nargs="+", help="also report faithfulness per dataset (e.g. parallel.de general_en ...): CI-masked CE increase on each")
+    r.add_argument("--target", help="with --reference: the task bar — the best single subcomponent, scanned by hand-set scales, "
+                   "and how far it moves --target within --bound nats damage on --reference (e.g. parallel.de vs general_en)")
+    r.add_argument("--reference", help="the dataset the edit must spare (see --target)")
+    r.add_argument("--bound", type=float, default=0.1, help="damage bound of the task bar, nats")
+    r.add_argument("--scan-blocks", type=int, default=8, help="blocks per dataset for the task bar's scan")
     r.add_argument("--out", type=Path, help="also write the report as JSON here")
     r.set_defaults(func=_report)
 
@@ -110,7 +116,7 @@ def _report(args) -> int:
     from .._io import versions, write_json_atomic
     from ..model.loading import load_model_and_tokenizer
     from .decomposed import META_NAME, Decomposition
-    from .report import format_report, quality_report
+    from .report import faithfulness_by_dataset, format_report, quality_report
 
     model_dir = args.model
     if model_dir is None:
@@ -121,14 +127,28 @@ def _report(args) -> int:
         if not recorded or not Path(recorded).is_dir():
             raise ValueError(f"the decomposition does not record a target folder that exists here ({recorded!r}); pass --model")
         model_dir = Path(recorded)
+    if (args.target is None) != (args.reference is None):
+        raise ValueError("--target and --reference go together (e.g. --target parallel.de --reference general_en)")
     model, tokenizer = load_model_and_tokenizer(model_dir)
     decomposition = Decomposition.load(args.decomposition, model)
     blocks = load_blocks(args.data, tokenizer, args.block_len, args.blocks)
     report = quality_report(decomposition, blocks, batch_size=args.batch_size, pgd_steps=args.pgd_steps, seed=args.seed)
+    if args.datasets:
+        sets = {d: load_blocks(d, tokenizer, args.block_len, args.blocks) for d in args.datasets}
+        report["by_dataset"] = faithfulness_by_dataset(decomposition, sets, batch_size=args.batch_size)
     print(format_report(report))
+    if args.target:
+        # the task bar reads the inspection's dose scan (a layer above this one; imported only here)
+        from ..inspection.scan import render_scan_text, scan_report
+
+        protected = [d for d in (args.datasets or []) if d not in (args.target, args.reference)]
+        bar = scan_report(model=model, tokenizer=tokenizer, decomposition=decomposition, basis_name="components", modules=None,
+                          target=args.target, reference=args.reference, protected=protected, n_blocks=args.scan_blocks,
+                          block_len=args.block_len, bound=args.bound, top_per_ranking=8, batch_size=args.batch_size)
+        print("\n" + render_scan_text(bar, top=5))
+        report["task_bar"] = {k: bar[k] for k in ("config", "base_ce", "chance", "bar")} | {"best": bar["candidates"][:5]}
     result = {"decomposition": str(args.decomposition), "model": str(model_dir), "data": args.data, "block_len": int(blocks.shape[1]),
               "seed": args.seed, "report": report, "versions": versions()}
-    print(json.dumps(result["report"], indent=1))
     if args.out:
         write_json_atomic(args.out, result)
         print(f"report written to {args.out}")

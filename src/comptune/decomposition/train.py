@@ -428,7 +428,10 @@ class VPDTrainer:
             + (config.coeff_adversarial * terms["adversarial"] if self.ppgd is not None else 0.0)
         )
         if not torch.isfinite(total):
-            raise FloatingPointError(f"non-finite loss at step {step} ({ {k: v.item() for k, v in terms.items()} }); resume from the last checkpoint with a lower lr")
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["total"]
+            raise FloatingPointError(f"the {', '.join(bad)} loss term went non-finite at step {step} "
+                                     f"({ {k: v.item() for k, v in terms.items()} }); nothing of this step was saved: resume from the last "
+                                     "checkpoint (--resume) with a lower lr")
         with record_function("vpd/backward"):
             self.opt_components.zero_grad(set_to_none=True)
             self.opt_ci.zero_grad(set_to_none=True)

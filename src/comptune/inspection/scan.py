@@ -37,13 +37,13 @@ from ..decomposition.components import Components, format_component_key, parse_c
 
 # |s − 1| tried outward from s = 1 on each side before bisection; the German MLP unit of the
 # bundled model needs s ≈ −32, so the grid reaches well past that
-DEFAULT_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+DEFAULT_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 
 
 @dataclass
 class ScanPoint:
     s: float
-    gain: float  # target CE(s) − CE(1), nats
+    gain: float | None  # target CE(s) − CE(1), nats; None at bisection points that only measured damage
     damage: float  # reference CE(s) − CE(1), nats
 
 
@@ -139,10 +139,12 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _nll_sums(logits: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
-    """Summed next-token NLL per copy: logits [K·B, T, V], ids [B, T] -> [K] float64."""
+    """Summed next-token NLL per copy: logits [K·B, T, V], ids [B, T] -> [K] float64. The targets
+    are shifted (last position ignored), not the logits, so the logits are never copied."""
     V = logits.shape[-1]
-    targets = ids[:, 1:].repeat(k, 1)
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), targets.reshape(-1), reduction="none")
+    targets = torch.full_like(ids, -100)
+    targets[:, :-1] = ids[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, V).float(), targets.repeat(k, 1).reshape(-1), ignore_index=-100, reduction="none")
     return nll.view(k, -1).double().sum(1)
 
 
@@ -183,15 +185,16 @@ class DoseScanner:
         return self._prefix[key]
 
     @torch.inference_mode()
-    def _evaluate(self, path: str | None, indices: list[int], deltas: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Mean CE per dataset for K points (index, δ = s − 1) of one module: {name: [K]} (K ≥ 1)."""
+    def _evaluate(self, path: str | None, indices: list[int], deltas: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Mean CE per dataset (all, or `names`) for K points (index, δ = s − 1) of one module: {name: [K]} (K ≥ 1)."""
         k = max(len(indices), 1)
         layer = block_index(self.blocks_name, path) if path is not None else None
         out = {}
         was_training = self.model.training
         self.model.eval()
         try:
-            for name, blocks in self.datasets.items():
+            for name in names or list(self.datasets):
+                blocks = self.datasets[name]
                 total = torch.zeros(k, dtype=torch.float64)
                 for start, ids in self._batches(name):
                     ids_k = ids.repeat(k, 1)
@@ -214,8 +217,8 @@ class DoseScanner:
         with _rank1_add_ons(self.model.get_submodule(path), v, u, deltas.to(self.device, v.dtype)):
             yield
 
-    def ce_at(self, points: list[tuple[str, float]]) -> list[dict[str, float]]:
-        """Mean CE per dataset with each (key, s) applied alone; points of one module share forwards."""
+    def ce_at(self, points: list[tuple[str, float]], names: list[str] | None = None) -> list[dict[str, float]]:
+        """Mean CE per dataset (all, or `names`) with each (key, s) applied alone; points of one module share forwards."""
         results: list[dict[str, float] | None] = [None] * len(points)
         by_path: dict[str, list[int]] = {}
         for i, (key, _) in enumerate(points):
@@ -225,34 +228,27 @@ class DoseScanner:
                 chunk = rows[j : j + self.K]
                 indices = [parse_component_key(points[i][0])[1] for i in chunk]
                 deltas = torch.tensor([points[i][1] - 1.0 for i in chunk], dtype=torch.float64)
-                ce = self._evaluate(path, indices, deltas)
+                ce = self._evaluate(path, indices, deltas, names)
                 for n, i in enumerate(chunk):
                     results[i] = {name: float(v[n]) for name, v in ce.items()}
         return results  # type: ignore[return-value]
 
 
-def bisect_to_bound(f, lo: float, hi: float, bound: float, steps: int) -> list[tuple[float, float]]:
-    """Bisect |s − 1| between lo (damage ≤ bound, or 0) and hi (damage > bound) for the largest dose
-    within the bound. `f(m)` returns the damage at magnitude m. Geometric midpoints once lo > 0
-    (doses span decades). Returns every (m, damage) evaluated."""
-    seen = []
-    for _ in range(steps):
-        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
-        d = f(mid)
-        seen.append((mid, d))
-        if d <= bound:
-            lo = mid
-        else:
-            hi = mid
-    return seen
+def _midpoint(lo: float, hi: float) -> float:
+    """Between the last dose within the bound (lo, 0 = none) and the first beyond it (hi): geometric
+    once lo > 0, since doses span decades."""
+    return math.sqrt(lo * hi) if lo > 0 else hi / 2
 
 
-def dose_scan(scanner: DoseScanner, keys: list[str], *, target: str, reference: str, bound: float = 0.1,
+def dose_scan(scanner, keys: list[str], *, target: str, reference: str, bound: float = 0.1,
               grid: tuple[float, ...] = DEFAULT_GRID, bisect_steps: int = 5, log=None) -> list[CandidateScan]:
     """Scan every key on both sides of s = 1 (see the module docstring); best candidates first.
 
-    All candidates advance together one grid level (then one bisection step) per round, so a round's
-    points share batched forwards."""
+    `scanner` is a DoseScanner (anything with `datasets`, `basis`, `base` and `ce_at`). All
+    candidates advance together one grid level (then one bisection step) per round, so a round's
+    points share batched forwards. Grid points measure both datasets; bisection needs only the
+    damage, so it reads the reference alone, and the target is read once more at each side's final
+    dose within the bound (where the gain is largest when it grows with the dose)."""
     if bound <= 0:
         raise ValueError(f"the damage bound must be > 0 nats, got {bound}")
     for name in (target, reference):
@@ -266,34 +262,36 @@ def dose_scan(scanner: DoseScanner, keys: list[str], *, target: str, reference: 
     # (key, sign) -> [last magnitude within the bound (0 = none), first beyond it or None]
     sides = {(k, sign): [0.0, None] for k in keys for sign in (-1.0, 1.0)}
 
-    def measure(todo: list[tuple[str, float, float]]) -> list[float]:
-        """Evaluate (key, sign, magnitude) points; record them; return their damages."""
+    def measure(todo: list[tuple[str, float, float]], names: list[str]) -> None:
+        """Evaluate (key, sign, magnitude) points on `names`; record them; move each side's bracket."""
         points = [(k, 1.0 + sign * m) for k, sign, m in todo]
-        damages = []
-        for (k, s), ce in zip(points, scanner.ce_at(points)):
-            p = ScanPoint(s, ce[target] - base_t, ce[reference] - base_r)
-            curves[k][s] = p
-            damages.append(p.damage)
-        return damages
+        for (k, sign, m), (_, s), ce in zip(todo, points, scanner.ce_at(points, names)):
+            old = curves[k].get(s)
+            gain = ce[target] - base_t if target in ce else (old.gain if old else None)
+            damage = ce[reference] - base_r if reference in ce else old.damage
+            curves[k][s] = ScanPoint(s, gain, damage)
+            if reference in ce:
+                sides[(k, sign)][0 if damage <= bound else 1] = m
 
     for level, m in enumerate(grid):
         todo = [(k, sign, m) for (k, sign), (lo, hi) in sides.items() if hi is None and lo == (grid[level - 1] if level else 0.0)]
         if not todo:
             break
-        for (k, sign, _), d in zip(todo, measure(todo)):
-            sides[(k, sign)][0 if d <= bound else 1] = m
+        measure(todo, [target, reference])
         if log:
             log(f"scan: |s − 1| = {m:g}: {len(todo)} points, {sum(1 for v in sides.values() if v[1] is None)} sides still within the bound")
     for _ in range(bisect_steps):
-        todo = [(k, sign, (math.sqrt(lo * hi) if lo > 0 else hi / 2)) for (k, sign), (lo, hi) in sides.items() if hi is not None]
+        todo = [(k, sign, _midpoint(lo, hi)) for (k, sign), (lo, hi) in sides.items() if hi is not None]
         if not todo:
             break
-        for (k, sign, mid), d in zip(todo, measure(todo)):
-            sides[(k, sign)][0 if d <= bound else 1] = mid
+        measure(todo, [reference])
+    finals = [(k, sign, lo) for (k, sign), (lo, _) in sides.items() if lo > 0 and curves[k][1.0 + sign * lo].gain is None]
+    if finals:
+        measure(finals, [target])
     out = []
     for k in keys:
         curve = sorted(curves[k].values(), key=lambda p: p.s)
-        best = max((p for p in curve if p.damage <= bound), key=lambda p: p.gain)
+        best = max((p for p in curve if p.gain is not None and p.damage <= bound), key=lambda p: p.gain)
         out.append(CandidateScan(k, best.gain, best.s, best.damage, curve))
     out.sort(key=lambda c: c.best_gain, reverse=True)
     return out
@@ -433,6 +431,10 @@ def scan_report(*, model, tokenizer, decomposition, basis_name: str, modules: li
     scanner = DoseScanner(model, basis, {target: datasets[target], reference: datasets[reference]}, batch_size=batch_size)
     results = dose_scan(scanner, candidates, target=target, reference=reference, bound=bound, grid=grid, bisect_steps=bisect_steps, log=log)
     ranks = {name: {k: i + 1 for i, (k, _) in enumerate(r)} for name, r in rankings.items()}
+    ratios = dict(rankings.get("write_ratio", []))
+    chance = math.log(model.get_output_embeddings().weight.shape[0])
+    needed = chance - float(scanner.base[target][0])
+    best = results[0]
     return {
         "config": {"basis": basis_name, "modules": paths, "target": target, "reference": reference, "protected": protected,
                    "keys": keys, "blocks_per_dataset": n_blocks, "block_len": block_len, "bound": bound,
@@ -440,7 +442,12 @@ def scan_report(*, model, tokenizer, decomposition, basis_name: str, modules: li
         "base_ce": {n: float(v[0]) for n, v in scanner.base.items()},
         "seconds": round(time.perf_counter() - start, 1),
         "rankings_top": {name: [[k, round(v, 6)] for k, v in r[:top_per_ranking]] for name, r in rankings.items()},
-        "candidates": [{**r.to_dict(), "rank_in": {name: rk.get(r.key) for name, rk in ranks.items()}} for r in results],
+        "chance": chance,
+        # the bar: one unit, scaled alone, puts the target at chance within the damage bound
+        "bar": {"gain_to_chance": needed, "best_key": best.key, "best_gain": best.best_gain, "best_s": best.best_s,
+                "best_damage": best.best_damage, "met": best.best_gain >= needed},
+        "candidates": [{**r.to_dict(), "rank_in": {name: rk.get(r.key) for name, rk in ranks.items()}, "write_ratio": ratios.get(r.key)}
+                       for r in results],
         "versions": versions(),
     }
 
@@ -452,7 +459,11 @@ def render_scan_text(report: dict, top: int = 20) -> str:
              f"  {'':>3}  {'key':<28} {'gain':>7} {'s':>9} {'damage':>7}  rank in " + ", ".join(report["rankings_top"]) ]
     for i, c in enumerate(report["candidates"][:top]):
         ranks = ", ".join("-" if v is None else str(v) for v in c["rank_in"].values())
-        lines.append(f"  {i + 1:>3}. {c['key']:<28} {c['best_gain']:+7.3f} {c['best_s']:9.3g} {c['best_damage']:+7.3f}  {ranks}")
+        ratio = "" if c.get("write_ratio") is None else f"  write ratio {c['write_ratio']:.3g}"
+        lines.append(f"  {i + 1:>3}. {c['key']:<28} {c['best_gain']:+7.3f} {c['best_s']:9.3g} {c['best_damage']:+7.3f}  {ranks}{ratio}")
+    bar = report["bar"]
+    lines.append(f"bar: {cfg['target']} at chance (ln|V| = {report['chance']:.3f}) needs +{bar['gain_to_chance']:.3f} nats; the best unit, "
+                 f"{bar['best_key']}, reaches {bar['best_gain']:+.3f} at s = {bar['best_s']:.3g}: {'met' if bar['met'] else 'not met'}")
     return "\n".join(lines)
 
 
@@ -465,7 +476,7 @@ def plot_scan(report: dict, stem, top: int = 8) -> list:
     cfg = report["config"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, c in enumerate(report["candidates"][:top]):
-        pts = sorted(c["curve"], key=lambda p: p["s"])
+        pts = sorted((p for p in c["curve"] if p["gain"] is not None), key=lambda p: p["s"])
         for side, sel in (("s<1", [p for p in pts if p["s"] <= 1]), ("s>1", [p for p in pts if p["s"] >= 1])):
             if len(sel) > 1:
                 ax.plot([p["damage"] for p in sel], [p["gain"] for p in sel], marker="o", ms=2.5, lw=1, color=f"C{i % 10}",

@@ -28,6 +28,10 @@ class SelectSpec(StrictConfig):
       `specificity` = mean on target − max over the protected datasets.
       Component basis: mean causal importance (comptune.inspection). Neuron and SVD bases have no
       CI, so they are ranked by mean write magnitude |v_iᵀx|·‖u_i‖ instead.
+      `scan` = by measured effect: the top `candidates` units of every ranking (CI, attribution,
+      write ratio; on the selection data) are each scaled by hand and bisected to the damage bound
+      (`scoring.max_damage`) on the *validation* pair (`scoring.forget_valid` / `retain_valid`, never
+      an evaluation set); the `top` with the largest forget gain within the bound are kept.
     - `modules` / `modules_of`: restrict to these modules, or to the module(s) of an earlier
       method's resolved selection (localised LoRA and SVD-scale on "the single key's matrix").
       Without `rank`, every index of those modules is selected (the "L1 chooses" variant).
@@ -36,8 +40,9 @@ class SelectSpec(StrictConfig):
     keys: list[str] = Field(default_factory=list)
     modules: list[str] = Field(default_factory=list)
     modules_of: str | None = None
-    rank: Literal["difference", "specificity"] | None = None
+    rank: Literal["difference", "specificity", "scan"] | None = None
     top: int | None = Field(default=None, ge=1)
+    candidates: int = Field(default=8, ge=1)  # rank: scan only — candidates taken from the top of each ranking
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -141,6 +146,7 @@ class SelectionData(StrictConfig):
     block_len: int = Field(default=128, ge=2)
     max_blocks: int = Field(default=32, ge=1)
     show_top: int = Field(default=16, ge=1)  # ranking entries saved in selection.json and printed
+    scan_blocks: int = Field(default=8, ge=1)  # rank: scan — blocks of each validation set the dose scan reads
 
 
 class RolloutSettings(StrictConfig):

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from .. import inspection
-from ..decomposition.components import Components, linear_layout_weight, parse_component_key, validate_keys
 from ..decomposition.bases import default_neuron_modules, linear_module_paths, neuron_components, svd_components
+from ..decomposition.components import Components, parse_component_key, validate_keys
 from ..tuning import Selection
 from .config import MethodSpec, SweepConfig
 
@@ -66,6 +66,9 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
             continue
         if blocks is None:
             blocks = {n: sample_blocks(n, tokenizer, sd.block_len, sd.max_blocks) for n in names}
+        if sel.rank == "scan":
+            resolved[spec.name] = _select_by_scan(config, spec, model, tokenizer, decomposition, modules, blocks, log)
+            continue
         if spec.method == "component_scale":
             if component_stats is None:
                 log(f"selection: causal-importance statistics on {', '.join(names)} ({sd.max_blocks} blocks of {sd.block_len} tokens each)")
@@ -73,13 +76,7 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
             scores, within = component_stats.scores("mean_ci"), modules or None
             measure = "mean CI"
         else:
-            if spec.method == "neuron_scale":
-                paths = modules or default_neuron_modules(model)
-                basis = neuron_components(model, paths)
-            else:  # svd_scale
-                paths = modules or linear_module_paths(model)
-                basis = svd_components(model, paths)
-            scores, within = write_magnitudes(model, basis, blocks), None
+            scores, within = write_magnitudes(model, _basis(spec, model, decomposition, modules), blocks), None
             measure = "mean write magnitude"
         if sel.rank == "difference":
             ranking = inspection.rank_by_difference(scores, sd.target, sd.reference, modules=within)
@@ -113,3 +110,43 @@ def _check_keys(spec: MethodSpec, keys: list[str], model: nn.Module, decompositi
         validate_keys(decomposition, keys)
     elif spec.method == "svd_scale":
         validate_keys(svd_components(model, list(dict.fromkeys(parse_component_key(k)[0] for k in keys))), keys)
+
+
+def _basis(spec: MethodSpec, model: nn.Module, decomposition, modules: list[str]) -> dict[str, Components]:
+    if spec.method == "component_scale":
+        return {p: decomposition.get_components(p) for p in (modules or decomposition.module_paths)}
+    if spec.method == "neuron_scale":
+        return neuron_components(model, modules or default_neuron_modules(model))
+    return svd_components(model, modules or linear_module_paths(model))
+
+
+def _select_by_scan(config: SweepConfig, spec: MethodSpec, model: nn.Module, tokenizer, decomposition, modules: list[str],
+                    blocks: dict[str, torch.Tensor], log) -> dict:
+    """`rank: scan`: candidates from every ranking on the selection data, chosen by their dose scan on
+    the validation pair (config validation keeps those out of the evaluation sets)."""
+    from ..inspection.scan import DoseScanner, candidate_rankings, dose_scan, pool_candidates
+    from .sweep import sample_blocks
+
+    sd, sc, sel = config.selection_data, config.scoring, spec.select
+    basis = _basis(spec, model, decomposition, modules)
+    ci_source = decomposition if spec.method == "component_scale" and not modules else None
+    rankings = candidate_rankings(model, basis, blocks, target=sd.target, reference=sd.reference, protected=sd.protected, decomposition=ci_source)
+    candidates = pool_candidates(rankings, sel.candidates)
+    if len(candidates) < sel.top:
+        raise ValueError(f"method {spec.name!r}: asked for the top {sel.top} by scan but the rankings give only {len(candidates)} candidates; raise select.candidates")
+    valid = {}
+    for name in (sc.forget_valid, sc.retain_valid):
+        valid[name] = sample_blocks(name, tokenizer, sd.block_len, sd.scan_blocks)
+        if len(valid[name]) < sd.scan_blocks:
+            raise ValueError(f"method {spec.name!r}: validation set {name!r} has {len(valid[name])} blocks of {sd.block_len} tokens, "
+                             f"the scan asks for {sd.scan_blocks}; lower selection_data.scan_blocks")
+    log(f"selection {spec.name} ({spec.method}): dose scan of {len(candidates)} candidates on {sc.forget_valid} vs {sc.retain_valid} "
+        f"(≤ {sc.max_damage} nats damage)")
+    scanned = dose_scan(DoseScanner(model, basis, valid), candidates, target=sc.forget_valid, reference=sc.retain_valid, bound=sc.max_damage)
+    keys = [r.key for r in scanned[: sel.top]]
+    shown = [[r.key, round(r.best_gain, 6)] for r in scanned[: max(sd.show_top, sel.top)]]
+    for i, r in enumerate(scanned[: max(sd.show_top, sel.top)]):
+        log(f"  {i + 1:3d} {r.key:28s} gain {r.best_gain:+.4f} at s={r.best_s:.3g} (damage {r.best_damage:+.4f}){'  *' if i < sel.top else ''}")
+    criterion = f"dose scan: {sc.forget_valid} gain within {sc.max_damage} nats damage on {sc.retain_valid}"
+    return {"selection": Selection(keys=keys).model_dump(), "ranking": shown, "criterion": criterion,
+            "scan": [{"key": r.key, "best_gain": r.best_gain, "best_s": r.best_s, "best_damage": r.best_damage} for r in scanned]}

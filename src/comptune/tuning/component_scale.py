@@ -33,7 +33,6 @@ from ..decomposition.components import (
     ComponentSource,
     linear_layout_weight,
     module_kind,
-    parse_component_key,
     source_components,
     source_module_paths,
     validate_keys,

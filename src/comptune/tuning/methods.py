@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..decomposition.components import SUPPORTED_MODULE_TYPES, linear_layout_weight, module_keys, module_kind, parse_component_key
+from ..decomposition.components import linear_layout_weight, module_keys, module_kind, parse_component_key
 from .component_scale import ComponentScaleConfig, apply_component_scale
 from .config import TuneConfig
 from ..decomposition.bases import linear_module_paths, svd_components
