@@ -63,3 +63,33 @@ def test_shipped_splits_never_overlap_and_parallel_is_aligned():
 def test_unknown_bundled_dataset_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown bundled dataset 'eval.xx'"):
         bundle.bundled_documents("eval.xx")
+
+
+def test_validation_sets_represent_what_is_evaluated():
+    """The study chooses settings on the validation pair and reports held-out figures: its
+    validation English must come from general_en's sources and not be dominated by near-memorised
+    blocks (valid.en as a whole is: 9 of its first 16 sampled blocks score below 1 nat)."""
+    import torch
+    import torch.nn.functional as F
+
+    from comptune.model.loading import load_model_and_tokenizer
+    from comptune.study.config import Scoring
+    from comptune.study.sweep import sample_blocks
+
+    docs = bundle.bundled_documents("valid.general_en")
+    assert {d["domain"] for d in docs} <= set(bundle.GENERAL_DOMAINS) and {d["lang"] for d in docs} == {"en"}
+    held_out = {d["doc"] for d in bundle.bundled_documents("general_en")}
+    assert not held_out & {d["doc"] for d in docs}
+    model, tokenizer = load_model_and_tokenizer(bundle.bundled_model_dir())
+
+    def block_ce(name):
+        blocks = sample_blocks(name, tokenizer, 128, 16)
+        with torch.no_grad():
+            logits = model(input_ids=blocks).logits
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), blocks[:, 1:].flatten(), reduction="none").view(len(blocks), -1).mean(1)
+
+    s = Scoring()
+    for name in (s.retain_valid, s.forget_valid):
+        ce = block_ce(name)
+        assert (ce < 1.0).float().mean() <= 0.25, (name, ce)
+    assert (block_ce("valid.en") < 1.0).float().mean() > 0.25  # why the default is not valid.en

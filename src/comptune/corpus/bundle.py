@@ -6,6 +6,8 @@ Datasets are named `<split>.<lang>`; splits: `train`, `valid` (hyperparameter ch
   parallel-sourced docs), used by the unlearning study as retain and forget text;
 - `general_en`: held-out English from other domains (man pages, fortunes) — a different
   distribution from the retain text, like the study's Pile slice against Europarl;
+- `valid.general_en`: the validation split's English from those same domains — what choosing
+  settings against `general_en` damage must read (all of `valid.en` is dominated by other text);
 - `code`: held-out Python source (alias of `eval.code`).
 """
 
@@ -18,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 SPLITS = ("train", "valid", "eval", "parallel")
+GENERAL_DOMAINS = ("manpages", "fortunes")  # general_en's sources: not the retain text's domain
+DERIVED = ("retain.en", "forget.de", "general_en", "valid.general_en", "code")
 LANGS = ("en", "de", "fr", "es", "it", "code")
 
 
@@ -52,14 +56,15 @@ def _derived(name: str) -> tuple[str, callable]:
     return {
         "retain.en": ("train", lambda r: r["lang"] == "en" and r["domain"] == "documentation"),
         "forget.de": ("train", lambda r: r["lang"] == "de" and r["domain"] == "documentation"),
-        "general_en": ("eval", lambda r: r["lang"] == "en" and r["domain"] in ("manpages", "fortunes")),
+        "general_en": ("eval", lambda r: r["lang"] == "en" and r["domain"] in GENERAL_DOMAINS),
+        "valid.general_en": ("valid", lambda r: r["lang"] == "en" and r["domain"] in GENERAL_DOMAINS),
         "code": ("eval", lambda r: r["lang"] == "code"),
     }[name]
 
 
 BUNDLED_DATASETS: tuple[str, ...] = tuple(
     [f"{s}.{lang}" for s in SPLITS for lang in LANGS if not (s == "parallel" and lang == "code")]
-    + ["retain.en", "forget.de", "general_en", "code"]
+    + list(DERIVED)
 )
 # what `comptune eval` reports by default: the held-out sets of the study
 DEFAULT_EVAL_DATASETS = ("parallel.en", "parallel.de", "parallel.fr", "parallel.es", "parallel.it", "general_en", "code")
@@ -69,7 +74,7 @@ def bundled_documents(name: str) -> list[dict]:
     """Rows (text, lang, source, domain, doc) of a bundled dataset."""
     if name not in BUNDLED_DATASETS:
         raise ValueError(f"unknown bundled dataset {name!r}; known: {', '.join(BUNDLED_DATASETS)}")
-    if name in ("retain.en", "forget.de", "general_en", "code"):
+    if name in DERIVED:
         split, keep = _derived(name)
     else:
         split, lang = name.split(".")

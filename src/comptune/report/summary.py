@@ -212,7 +212,8 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
         f"- chance ln|V| = {chance:.3f} nats (|V| = {res.base['vocab_size']}); base CE on `{s.forget_eval}` "
         f"{res.base['ce'][s.forget_eval]:.3f}, so \"at chance\" is an increase of {chance_gap:.3f} (within {s.chance_tolerance:g} nats)",
         f"- success = `{s.forget_eval}` at chance and `{s.retain_eval}` CE increase < {s.max_damage:g} nats",
-        f"- learning rate (and LoRA alpha) chosen on `{s.forget_valid}` / `{s.retain_valid}`: {res.chosen['rule']}",
+        f"- learning rate (and LoRA alpha) chosen on `{s.forget_valid}` / `{s.retain_valid}` (base CE {_base(res, s.forget_valid)} / "
+        f"{_base(res, s.retain_valid)}): {res.chosen['rule']}",
         "",
         "## Methods",
         "",
@@ -304,3 +305,8 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
           "## Versions", "", "| package | version |", "|---|---|"]
     L += [f"| {k} | {v} |" for k, v in res.base["versions"].items()]
     return "\n".join(L) + "\n"
+
+
+def _base(res, name: str) -> str:
+    ce = res.base["ce"].get(name)
+    return "n/a" if ce is None else f"{ce:.3f}"

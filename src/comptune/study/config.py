@@ -131,7 +131,9 @@ class Scoring(StrictConfig):
     forget_eval: str = "parallel.de"
     retain_eval: str = "general_en"
     forget_valid: str = "valid.de"
-    retain_valid: str = "valid.en"
+    # validation English from general_en's own sources (man pages, fortunes): the whole of valid.en
+    # is dominated by near-memorised text (9 of its first 16 blocks below 1 nat on the bundled model)
+    retain_valid: str = "valid.general_en"
     chance_tolerance: float = Field(default=0.1, ge=0)
     max_damage: float = Field(default=0.10, gt=0)
     tie_tolerance: float = Field(default=0.01, ge=0)  # validation forget increases this close count as equal
