@@ -179,3 +179,28 @@ def test_non_finite_loss_names_the_term_and_keeps_the_last_checkpoint(tmp_path, 
     with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as f:
         assert json.loads(f.metadata()["state"])["step"] == 2  # the last good checkpoint, untouched
     assert decompose(tiny_lm(), BLOCKS, config(checkpoint_every=2), tmp_path).provenance["completed"]
+
+
+def test_basis_init_starts_from_units_that_sum_to_w(tmp_path):
+    from comptune.decomposition.train import basis_init
+
+    model = tiny_lm()  # d_model 32, d_mlp 64
+    d = Decomposition.create(model, {"h.0.mlp.down_proj": 64, "h.0.mlp.c_fc": 64, "h.0.attn.v_proj": 48}, ci=config().ci)
+    basis_init(d, {"h.0.mlp.*": "neurons", "h.0.attn.v_proj": "svd"})
+    for p in d.module_paths:
+        torch.testing.assert_close(d.get_components(p).weight(), d.target_module(p).weight, atol=1e-5, rtol=1e-5)
+    down, up = d.get_components("h.0.mlp.down_proj"), d.get_components("h.0.mlp.c_fc")
+    W_down, W_up = model.h[0].mlp.down_proj.weight, model.h[0].mlp.c_fc.weight
+    torch.testing.assert_close(down.V[:, 7], torch.nn.functional.one_hot(torch.tensor(7), 64).float())  # reads hidden unit 7
+    torch.testing.assert_close(down.U[7], W_down[:, 7])  # writes its column
+    torch.testing.assert_close(up.V[:, 7], W_up[7])  # computes hidden unit 7
+    torch.testing.assert_close(up.U[7], torch.nn.functional.one_hot(torch.tensor(7), 64).float())
+    v = d.get_components("h.0.attn.v_proj")
+    assert torch.all(v.U[32:] == 0)  # beyond the 32 singular directions: components that write nothing
+    with pytest.raises(ValueError, match="needs C ≥ 64"):
+        basis_init(Decomposition.create(model, {"h.0.mlp.c_fc": 16}, ci=config().ci), {"h.0.mlp.c_fc": "neurons"})
+    with pytest.raises(ValueError, match=r"init patterns \['h.9.\*'\] match no decomposed module"):
+        basis_init(d, {"h.9.*": "svd"})
+    # in a run: the config's init is applied before the warm-up, and the run trains from it
+    run = decompose(tiny_lm(), BLOCKS, config(init={"h.1.mlp.*": "neurons"}, patterns={"h.1.mlp.*": 64}), tmp_path)
+    assert run.provenance["completed"]

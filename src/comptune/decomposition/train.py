@@ -37,6 +37,7 @@ from .._io import append_jsonl, load_safetensors, read_jsonl, save_safetensors_a
 from .._signals import StopRequested
 from ..config import StrictConfig
 from .ci import CIConfig
+from .components import linear_layout_weight
 from .decomposed import Decomposition
 from .losses import (
     PersistentPGD,
@@ -74,6 +75,9 @@ class DecomposeConfig(StrictConfig):
 
     seed: int = 0
     patterns: dict[str, int] = Field(default_factory=lambda: dict(PAPER_PATTERNS))  # fnmatch -> C
+    # fnmatch -> "svd" | "neurons": start those matrices' components from a basis instead of the
+    # random init (see `basis_init`); matrices no pattern names start random (the paper's init)
+    init: dict[str, Literal["svd", "neurons"]] = Field(default_factory=dict)
     ci: CIConfig = Field(default_factory=CIConfig)
     reconstruction: Literal["kl", "mse"] = "kl"  # kl: language models; mse: toy models with vector outputs
     # optimisation
@@ -267,6 +271,7 @@ def decompose(
         init_record = _init_from(decomposition, Path(init_from), target)
         step = 0
     else:
+        basis_init(decomposition, config.init)
         _faithfulness_warmup(decomposition, config)
         step = 0
 
@@ -360,6 +365,49 @@ def _init_from(decomposition: Decomposition, source_dir: Path, target: nn.Module
 
 def _describe(C: dict[str, int]) -> str:
     return ", ".join(f"{p} (C={c})" for p, c in sorted(C.items()))
+
+
+@torch.no_grad()
+def basis_init(decomposition: Decomposition, init: dict[str, str]) -> None:
+    """Start the components of the matrices `init` names from a basis whose rank-1 terms sum to W:
+
+    - "neurons": one component per unit of the matrix's larger side — the MLP hidden units of an
+      up projection (reads row j of W, writes e_j) or a down projection (reads e_j, writes column j);
+    - "svd": one component per singular direction (reads v_i, writes σ_i u_i).
+
+    Components beyond the basis's size keep their random read vector and write nothing (U row 0),
+    so the sum stays W exactly. This departs from the paper's random init on purpose: short runs
+    barely move components from where they start (README), so a run can start from the units a
+    user would otherwise edit and let training split or merge them.
+    """
+    import fnmatch
+
+    unused = [pat for pat in init if not any(fnmatch.fnmatch(p, pat) for p in decomposition.module_paths)]
+    if unused:
+        raise ValueError(f"init patterns {unused} match no decomposed module; decomposed: {', '.join(decomposition.module_paths)}")
+    for path in decomposition.module_paths:
+        kinds = {b for pat, b in init.items() if fnmatch.fnmatch(path, pat)}
+        if not kinds:
+            continue
+        if len(kinds) > 1:
+            raise ValueError(f"init patterns give module {path} two bases {sorted(kinds)}; make them disjoint")
+        basis = kinds.pop()
+        comp = decomposition.get_components(path)
+        W = linear_layout_weight(decomposition.target_module(path)).detach().to(comp.V.dtype)  # [d_out, d_in]
+        d_out, d_in = W.shape
+        if basis == "neurons":
+            r = max(d_in, d_out)
+            V, U = (torch.eye(d_in), W.T) if d_in >= d_out else (W.T, torch.eye(d_out))  # [d_in, r], [r, d_out]
+        else:
+            left, sigma, right_t = torch.linalg.svd(W.double(), full_matrices=False)
+            r = sigma.numel()
+            V, U = right_t.T, (left * sigma).T
+        if comp.C < r:
+            raise ValueError(f"init {basis!r} for {path} needs C ≥ {r} (one component per {'unit' if basis == 'neurons' else 'singular direction'}); "
+                             f"it has C = {comp.C}")
+        comp.V[:, :r] = V.to(comp.V)
+        comp.U[:r] = U.to(comp.U)
+        comp.U[r:] = 0
 
 
 def _faithfulness_warmup(decomposition: Decomposition, config: DecomposeConfig) -> None:
