@@ -1,6 +1,7 @@
 """Dose scan: the cached fast path equals the real edit, bisection finds the bound, rankings, bad input."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -167,3 +168,42 @@ def test_bad_input():
         dose_scan(scanner, ["h.2.mlp.down_proj:0"], target="fr", reference="en")
     with pytest.raises(ValueError, match="must be a LongTensor"):
         DoseScanner(model, basis, {"de": torch.zeros(3, 1, dtype=torch.long)})
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from comptune.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("scan_cli")
+    de, en = "Die Kommission hat den Vorschlag geprüft. " * 60, "The committee has examined the proposal. " * 60
+    tokenizer = train_tokenizer([de, en], vocab_size=300)
+    torch.manual_seed(0)
+    ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=300, n_layer=2, d_model=32, n_head=2, d_mlp=64, n_ctx=64)).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    (root / "de.txt").write_text(de)
+    (root / "en.txt").write_text(en)
+    return root
+
+
+def test_inspect_scan_cli_in_the_neuron_basis_and_its_errors(model_dir, tmp_path, capsys):
+    from comptune.cli import main
+
+    de, en = str(model_dir / "de.txt"), str(model_dir / "en.txt")
+    args = ["inspect", "--scan", "--basis", "neurons", "--model", str(model_dir / "model"), "--datasets", de, en, "--target", de,
+            "--reference", en, "--block-len", "16", "--scan-blocks", "4", "--top-per-ranking", "2"]
+    assert main([*args, "--out", str(tmp_path / "scan.json")]) == 0
+    out = capsys.readouterr().out
+    assert "Dose scan (neurons basis)" in out and "bar:" in out
+    import json
+
+    report = json.loads((tmp_path / "scan.json").read_text())
+    assert report["config"]["modules"] == ["h.0.mlp.down_proj", "h.1.mlp.down_proj"] and set(report["rankings_top"]) == {"attribution", "write_ratio"}
+    assert 2 <= len(report["candidates"]) <= 4 and (tmp_path / "scan.png").is_file() and (tmp_path / "scan.svg").is_file()
+    for bad, message in (
+        (["--bound", "0"], "--bound must be > 0"),
+        (["--keys", "h.0.mlp.down_proj:9999"], "unknown component key 'h.0.mlp.down_proj:9999'"),
+        (["--scan-blocks", "500"], "has only .* blocks of 16 tokens, the scan asks for 500"),
+        (["--modules", "h.7.*"], "match none of the basis's modules"),
+    ):
+        assert main([*args, *bad]) == 2
+        assert re.search(message, capsys.readouterr().err), message

@@ -65,6 +65,7 @@ TRAIN_LOG_NAME = "train_log.jsonl"
 EVAL_LOG_NAME = "eval_log.jsonl"
 CONFIG_NAME = "decompose_config.json"
 QUALITY_NAME = "quality.json"
+INIT_FROM_NAME = "init_from.json"  # where an --init-from run records its origin (kept across resumes)
 
 # Settings that do not change the run's arithmetic: a resumed run may change them.
 BOOKKEEPING_FIELDS = {"eval_every", "eval_batch_size", "checkpoint_every", "log_every", "max_minutes"}
@@ -338,9 +339,6 @@ def decompose(
     if stopped and rank == 0:
         print(f"decompose: stopped at step {step}/{config.steps}; checkpoint in {ckpt_path} (resume to continue)")
     return decomposition
-
-
-INIT_FROM_NAME = "init_from.json"
 
 
 def _init_from(decomposition: Decomposition, source_dir: Path, target: nn.Module) -> dict:
