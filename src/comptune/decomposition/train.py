@@ -37,6 +37,7 @@ from .._io import append_jsonl, load_safetensors, read_jsonl, save_safetensors_a
 from .._signals import StopRequested
 from ..config import StrictConfig
 from .ci import CIConfig
+from .bases import svd_components
 from .components import linear_layout_weight
 from .decomposed import Decomposition
 from .losses import (
@@ -397,9 +398,8 @@ def basis_init(decomposition: Decomposition, init: dict[str, str]) -> None:
             r = max(d_in, d_out)
             V, U = (torch.eye(d_in), W.T) if d_in >= d_out else (W.T, torch.eye(d_out))  # [d_in, r], [r, d_out]
         else:
-            left, sigma, right_t = torch.linalg.svd(W.double(), full_matrices=False)
-            r = sigma.numel()
-            V, U = right_t.T, (left * sigma).T
+            V, U = svd_components(decomposition.target, [path])[path]
+            r = V.shape[1]
         if comp.C < r:
             raise ValueError(f"init {basis!r} for {path} needs C ≥ {r} (one component per {'unit' if basis == 'neurons' else 'singular direction'}); "
                              f"it has C = {comp.C}")

@@ -15,8 +15,8 @@ Causal importance says where a subcomponent may be *ablated* (s ∈ [0, 1]); it 
 inverted or amplified one writes where its CI is low but its activation is not zero. The scan
 measures exactly that, in every basis.
 
-Fast path: forward only; the frozen blocks before the candidate's layer run once per batch (their
-output is replayed); the K (candidate, s) points of a round share one batched forward, each copy of
+Fast path: forward only; the frozen blocks before the candidate's layer run once per batch, in the
+unedited pass that gives the base CE (their recorded output is replayed); the K (candidate, s) points of a round share one batched forward, each copy of
 the batch carrying its own rank-1 add-on. CE is the evaluation's definition (first token of each
 block never scored, mean over N·(T−1) predictions, float32 softmax, float64 sums).
 """
@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..decomposition.components import Components, format_component_key, parse_component_key, validate_keys
+from ..decomposition.components import Components, parse_component_key, validate_keys
 
 # |s − 1| tried outward from s = 1 on each side before bisection; the German MLP unit of the
 # bundled model needs s ≈ −32, so the grid reaches well past that
@@ -164,7 +164,8 @@ class DoseScanner:
         self.batch_size, self.K = batch_size, points_per_forward
         self.device = next(model.parameters()).device
         self.blocks_name, self.blocks = decoder_blocks(model)
-        self._prefix: dict[tuple[int, str, int], object] = {}  # (layer, dataset, batch start) -> output of block layer−1
+        # (dataset, batch start) -> every block's output, recorded by the unedited pass below
+        self._block_outputs: dict[tuple[str, int], list] = {}
         self.base = self._evaluate(None, [], torch.zeros(0))
 
     def _batches(self, name: str):
@@ -172,23 +173,25 @@ class DoseScanner:
         for start in range(0, len(blocks), self.batch_size):
             yield start, blocks[start : start + self.batch_size].to(self.device)
 
-    def _prefix_output(self, layer: int, name: str, start: int, ids: torch.Tensor):
-        key = (layer, name, start)
-        if key not in self._prefix:
-            captured = {}
-            handle = self.blocks[layer - 1].register_forward_hook(lambda m, a, out: captured.setdefault("out", out))
-            try:
-                _logits(self.model, ids)  # one plain forward per batch and layer; its logits are not needed
-            finally:
-                handle.remove()
-            self._prefix[key] = captured["out"]
-        return self._prefix[key]
+    @contextmanager
+    def _recording(self, name: str, start: int) -> Iterator[None]:
+        """Record every block's output on this batch: what the edited passes replay."""
+        outputs = self._block_outputs.setdefault((name, start), [None] * len(self.blocks))
+
+        def hook(i):
+            return lambda mod, args, out: outputs.__setitem__(i, out)
+
+        handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(self.blocks)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     @torch.inference_mode()
     def _evaluate(self, path: str | None, indices: list[int], deltas: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Mean CE per dataset (all, or `names`) for K points (index, δ = s − 1) of one module: {name: [K]} (K ≥ 1)."""
         k = max(len(indices), 1)
-        layer = block_index(self.blocks_name, path) if path is not None else None
         out = {}
         was_training = self.model.training
         self.model.eval()
@@ -197,11 +200,9 @@ class DoseScanner:
                 blocks = self.datasets[name]
                 total = torch.zeros(k, dtype=torch.float64)
                 for start, ids in self._batches(name):
-                    ids_k = ids.repeat(k, 1)
-                    # blocks before the edited one are frozen: replay their output
-                    replay = _prefix_replayed(self.blocks, layer, self._prefix_output(layer, name, start, ids), k) if layer else nullcontext()
-                    with replay, nullcontext() if path is None else self._edited(path, indices, deltas):
-                        logits = _logits(self.model, ids_k)
+                    # the unedited pass gives the base CE and records the block outputs edited passes replay
+                    with self._recording(name, start) if path is None else self._edited(path, indices, deltas, (name, start)):
+                        logits = _logits(self.model, ids.repeat(k, 1))
                     total += _nll_sums(logits, ids, k).cpu()
                 out[name] = total / (blocks.shape[0] * (blocks.shape[1] - 1))
         finally:
@@ -209,12 +210,16 @@ class DoseScanner:
         return out
 
     @contextmanager
-    def _edited(self, path: str, indices: list[int], deltas: torch.Tensor) -> Iterator[None]:
+    def _edited(self, path: str, indices: list[int], deltas: torch.Tensor, batch: tuple[str, int]) -> Iterator[None]:
+        """K copies of `batch`, copy k with unit indices[k] of `path` scaled by 1 + deltas[k]; the
+        blocks before the edited one are frozen, so their recorded output is replayed."""
         comp = self.basis[path]
         idx = torch.tensor(indices)
         v = comp.V[:, idx].T.to(self.device)  # [K, d_in]
         u = comp.U[idx].to(self.device)  # [K, d_out]
-        with _rank1_add_ons(self.model.get_submodule(path), v, u, deltas.to(self.device, v.dtype)):
+        layer = block_index(self.blocks_name, path)
+        replay = _prefix_replayed(self.blocks, layer, self._block_outputs[batch][layer - 1], len(indices)) if layer else nullcontext()
+        with replay, _rank1_add_ons(self.model.get_submodule(path), v, u, deltas.to(self.device, v.dtype)):
             yield
 
     def ce_at(self, points: list[tuple[str, float]], names: list[str] | None = None) -> list[dict[str, float]]:
@@ -273,8 +278,8 @@ def dose_scan(scanner, keys: list[str], *, target: str, reference: str, bound: f
             if reference in ce:
                 sides[(k, sign)][0 if damage <= bound else 1] = m
 
-    for level, m in enumerate(grid):
-        todo = [(k, sign, m) for (k, sign), (lo, hi) in sides.items() if hi is None and lo == (grid[level - 1] if level else 0.0)]
+    for m in grid:
+        todo = [(k, sign, m) for (k, sign), (_, hi) in sides.items() if hi is None]  # still within the bound at the last level
         if not todo:
             break
         measure(todo, [target, reference])
@@ -345,7 +350,7 @@ def candidate_rankings(model: nn.Module, basis: Mapping[str, Components], datase
     - ci_difference / ci_specificity (subcomponents only): mean CI on target − reference / − max(protected);
     - attribution: |dCE_target/ds| − |dCE_reference/ds| at s = 1;
     - write_ratio: mean squared write on target / on reference."""
-    from .stats import component_stats, rank_by_difference, rank_by_specificity
+    from .stats import _ranked, component_stats, rank_by_difference, rank_by_specificity
 
     rankings = {}
     if decomposition is not None:
@@ -356,15 +361,9 @@ def candidate_rankings(model: nn.Module, basis: Mapping[str, Components], datase
     attr = attribution_scores(model, basis, {n: datasets[n] for n in (target, reference)}, batch_size=batch_size)
     t, r = attr["dce_ds"][target], attr["dce_ds"][reference]
     pt, pr = attr["write_power"][target], attr["write_power"][reference]
-    rankings["attribution"] = _sorted({p: t[p].abs() - r[p].abs() for p in basis})
-    rankings["write_ratio"] = _sorted({p: pt[p] / (pr[p] + 1e-12) for p in basis})
+    rankings["attribution"] = _ranked({p: t[p].abs() - r[p].abs() for p in basis}, None, None)
+    rankings["write_ratio"] = _ranked({p: pt[p] / (pr[p] + 1e-12) for p in basis}, None, None)
     return rankings
-
-
-def _sorted(scores: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
-    flat = [(format_component_key(p, i), float(v)) for p, s in scores.items() for i, v in enumerate(s.tolist())]
-    flat.sort(key=lambda kv: kv[1], reverse=True)
-    return flat
 
 
 def pool_candidates(rankings: Mapping[str, list[tuple[str, float]]], top: int) -> list[str]:
