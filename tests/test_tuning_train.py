@@ -211,6 +211,46 @@ def test_lora_runs_through_the_same_trainer(make_model):
     assert len(tunable.parameters) == 24  # A and B on 12 matrices
 
 
+def _gated_decomposition(model):
+    from comptune.decomposition import CIConfig, Decomposition
+
+    torch.manual_seed(3)
+    return Decomposition.create(model, {"h.1.attn.v_proj": 8}, CIConfig(type="layerwise_mlp"))
+
+
+@pytest.mark.parametrize("case", ["scalar", "scalar_minibatch", "ci_gated", "lora_local", "neuron"])
+def test_prefix_cache_gives_the_plain_steps_losses_and_parameters(make_model, case):
+    """The frozen blocks before the edit run once and are replayed: every step's loss and the
+    trained parameters equal those of the plain step, where every pass runs the whole model."""
+    forget, retain = streams()
+    cfg = {
+        "scalar": scale_config(max_steps=8, patience=1000),
+        "scalar_minibatch": scale_config(budget=60, forget_batch_size=2, max_steps=8, patience=1000),
+        "ci_gated": scale_config(ci_threshold=0.5, max_steps=8, patience=1000),
+        "lora_local": TuneConfig(method="lora_local", selection=Selection(keys=["h.1.attn.v_proj:2"]), budget=16, lr=0.01, seq_len=16,
+                                 retain_batch_size=2, max_steps=8, patience=1000),
+        "neuron": TuneConfig(method="neuron_scale", selection=Selection(keys=["h.1.mlp.down_proj:7"]), budget=16, lr=0.05, seq_len=16,
+                             retain_batch_size=2, max_steps=8, patience=1000),
+    }[case]
+    runs, block0_passes = [], []
+    for cache in (True, False):
+        model = make_model()
+        decomposition = _gated_decomposition(model) if case == "ci_gated" else components()
+        calls = []
+        model.h[0].register_forward_hook(lambda *a: calls.append(1))
+        runs.append(tune(cfg, model, forget, retain, decomposition, cache_prefix=cache))
+        block0_passes.append(len(calls))
+    (cached, cached_result), (plain, plain_result) = runs
+    steps = cfg.max_steps
+    # block 0 runs in the unedited passes only: the forget sequences once, each retain batch once;
+    # a gated edit adds its CI passes (forget once, each retain batch once) in both modes
+    assert block0_passes == ([2 + 2 * steps, 1 + 4 * steps] if case == "ci_gated" else [1 + steps, 3 * steps])
+    assert torch.allclose(torch.tensor(cached_result.loss_history), torch.tensor(plain_result.loss_history), rtol=1e-5, atol=1e-6)
+    assert plain_result.loss_history[-1] != plain_result.loss_history[0]  # the parameters moved
+    for a, b in zip(cached.parameters, plain.parameters):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_non_finite_loss_restores_the_last_good_step(make_model):
     forget, retain = streams()
     cfg = scale_config(max_steps=3, patience=1000)
@@ -219,9 +259,10 @@ def test_non_finite_loss_restores_the_last_good_step(make_model):
     calls = {"n": 0}
 
     def poison(mod, args, out):
-        # each step runs the model three times (orig retain, forget, retain): poison step 3's forget pass
+        # one unedited pass records the forget prefix, then each step runs block 1 three times
+        # (orig retain, forget, retain): poison step 3's forget pass
         calls["n"] += 1
-        return out * float("nan") if calls["n"] == 3 * 3 + 2 else out
+        return out * float("nan") if calls["n"] == 1 + 3 * 3 + 2 else out
 
     model.h[1].register_forward_hook(poison)
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 3 \(forget CE nan.*restored the parameters of step 2; lower the learning rate") as err:

@@ -7,6 +7,7 @@ which holds the adversary's state (sources and their Adam moments) across traini
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -57,14 +58,34 @@ def sample_subset_routing(paths: list[str], batch_shape: tuple[int, ...], device
 # ----- losses ---------------------------------------------------------------------------------
 
 
-def kl_target_to_masked(masked_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class TargetDistribution:
+    """softmax(target logits) and Σ p log p per position: what every KL against the same target
+    needs, computed once per batch however many KLs (stochastic, adversary steps) use it."""
+
+    probs: torch.Tensor  # [..., V] float32
+    neg_entropy: torch.Tensor  # [...] Σ_v p log p
+
+    @classmethod
+    def of(cls, target_logits: torch.Tensor) -> "TargetDistribution":
+        with torch.no_grad():
+            log_p = F.log_softmax(target_logits.detach().float(), dim=-1)
+            probs = log_p.exp()
+            return cls(probs, (probs * log_p).sum(-1))
+
+
+def kl_target_to_masked(masked_logits: torch.Tensor, target: torch.Tensor | TargetDistribution) -> torch.Tensor:
     """KL(softmax(target) ‖ softmax(masked)), summed over the vocabulary, mean over positions.
 
-    The target distribution is the reference (first argument of the KL) and is not differentiated.
+    `target`: the target's logits, or their `TargetDistribution` when several KLs share it. The
+    target is the reference (first argument of the KL) and is not differentiated.
     """
-    log_q = F.log_softmax(masked_logits.float(), dim=-1)
-    log_p = F.log_softmax(target_logits.detach().float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    if not isinstance(target, TargetDistribution):
+        target = TargetDistribution.of(target)
+    z = masked_logits.float()
+    # Σ p log q = Σ p z − logsumexp(z) since Σ p = 1: no log-softmax of z is formed, and the
+    # gradient softmax(z) − p comes from two cheap terms
+    return (target.neg_entropy - (target.probs * z).sum(-1) + torch.logsumexp(z, dim=-1)).mean()
 
 
 def faithfulness_loss(decomposition: Decomposition) -> torch.Tensor:
@@ -172,10 +193,11 @@ def eval_pgd_kl(decomposition: Decomposition, input_ids: torch.Tensor, target_lo
     device = input_ids.device
     ci_fixed = {p: g.detach() for p, g in ci_lower.items()}
     sources = {p: torch.rand((1, 1, g.shape[-1] + 1), generator=generator, device=device).requires_grad_(True) for p, g in ci_fixed.items()}
+    target = TargetDistribution.of(target_logits)
 
     def kl() -> torch.Tensor:
         masks, delta_masks = masks_from_sources(ci_fixed, sources)
-        return kl_target_to_masked(decomposition.masked_logits(input_ids, masks, delta_masks), target_logits)
+        return kl_target_to_masked(decomposition.masked_logits(input_ids, masks, delta_masks), target)
 
     with torch.enable_grad():
         for _ in range(n_steps):

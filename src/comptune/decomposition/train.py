@@ -44,6 +44,7 @@ from .losses import (
     PersistentPGD,
     anneal_p,
     faithfulness_loss,
+    TargetDistribution,
     kl_target_to_masked,
     minimality_loss,
     sample_stochastic_masks,
@@ -449,7 +450,7 @@ class VPDTrainer:
 
         with record_function("vpd/target+ci"):
             ci = self.model(batch)
-        target_out = ci.target_logits.detach()
+        target_out = TargetDistribution.of(ci.target_logits) if config.reconstruction == "kl" else ci.target_logits.detach()
         terms = {"faithfulness": faithfulness_loss(d)}
         terms["minimality"] = minimality_loss(ci.upper, p, config.minimality_beta, config.minimality_eps, self.world_size)
         with record_function("vpd/stochastic"):

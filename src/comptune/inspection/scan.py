@@ -24,7 +24,6 @@ block never scored, mean over N·(T−1) predictions, float32 softmax, float64 s
 from __future__ import annotations
 
 import math
-import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Mapping
@@ -34,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..decomposition.components import Components, parse_component_key, validate_keys
+from ..model.prefix import block_index, decoder_blocks, prefix_replayed, recording, repeat_output
 
 # |s − 1| tried outward from s = 1 on each side before bisection; the German MLP unit of the
 # bundled model needs s ≈ −32, so the grid reaches well past that
@@ -57,60 +57,6 @@ class CandidateScan:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's stack of transformer blocks: the longest nn.ModuleList of same-typed modules
-    (ComptuneLM `h`, GPT-2 `transformer.h`, Llama `model.layers`, GPT-NeoX `gpt_neox.layers`)."""
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.ModuleList) and len(m) and len({type(b) for b in m}) == 1:
-            if best is None or len(m) > len(best[1]):
-                best = (name, m)
-    if best is None:
-        raise ValueError(f"{type(model).__name__} has no stack of blocks (nn.ModuleList) to cache a prefix of")
-    return best
-
-
-def block_index(blocks_name: str, path: str) -> int | None:
-    """Index of the block holding module `path` ("h.3.mlp.down_proj" -> 3), None if outside the stack."""
-    m = re.match(re.escape(blocks_name) + r"\.(\d+)\.", path)
-    return int(m.group(1)) if m else None
-
-
-class _Replay(nn.Module):
-    """Stands in for a frozen block: returns the output the prefix computed (repeated per copy)."""
-
-    def __init__(self, output):
-        super().__init__()
-        self.output = output
-
-    def forward(self, *args, **kwargs):
-        return self.output
-
-
-def _repeat_output(output, k: int):
-    if k == 1:
-        return output
-    if isinstance(output, torch.Tensor):
-        return output.repeat(k, *([1] * (output.dim() - 1)))
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return (_repeat_output(output[0], k), *output[1:])
-    raise TypeError(f"cannot replay a block output of type {type(output).__name__}")
-
-
-@contextmanager
-def _prefix_replayed(blocks: nn.ModuleList, upto: int, output, k: int) -> Iterator[None]:
-    """Blocks 0..upto−1 replaced by a replay of block upto−1's output (their inputs are ignored)."""
-    saved = [blocks[i] for i in range(upto)]
-    replay = _repeat_output(output, k)
-    try:
-        for i in range(upto):
-            blocks[i] = _Replay(replay)
-        yield
-    finally:
-        for i, b in enumerate(saved):
-            blocks[i] = b
 
 
 @contextmanager
@@ -165,7 +111,7 @@ class DoseScanner:
         self.device = next(model.parameters()).device
         self.blocks_name, self.blocks = decoder_blocks(model)
         # (dataset, batch start) -> every block's output, recorded by the unedited pass below
-        self._block_outputs: dict[tuple[str, int], list] = {}
+        self._block_outputs: dict[tuple[str, int], dict[int, object]] = {}
         self.base = self._evaluate(None, [], torch.zeros(0))
 
     def _batches(self, name: str):
@@ -176,17 +122,9 @@ class DoseScanner:
     @contextmanager
     def _recording(self, name: str, start: int) -> Iterator[None]:
         """Record every block's output on this batch: what the edited passes replay."""
-        outputs = self._block_outputs.setdefault((name, start), [None] * len(self.blocks))
-
-        def hook(i):
-            return lambda mod, args, out: outputs.__setitem__(i, out)
-
-        handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(self.blocks)]
-        try:
+        with recording(self.blocks, range(len(self.blocks))) as outputs:
             yield
-        finally:
-            for h in handles:
-                h.remove()
+        self._block_outputs[(name, start)] = outputs
 
     @torch.inference_mode()
     def _evaluate(self, path: str | None, indices: list[int], deltas: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -218,7 +156,7 @@ class DoseScanner:
         v = comp.V[:, idx].T.to(self.device)  # [K, d_in]
         u = comp.U[idx].to(self.device)  # [K, d_out]
         layer = block_index(self.blocks_name, path)
-        replay = _prefix_replayed(self.blocks, layer, self._block_outputs[batch][layer - 1], len(indices)) if layer else nullcontext()
+        replay = prefix_replayed(self.blocks, layer, repeat_output(self._block_outputs[batch][layer - 1], len(indices))) if layer else nullcontext()
         with replay, _rank1_add_ons(self.model.get_submodule(path), v, u, deltas.to(self.device, v.dtype)):
             yield
 

@@ -164,6 +164,11 @@ class ComponentScaleModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
+    @property
+    def edited_modules(self) -> list[str]:
+        """Paths of the modules that carry a scaled subcomponent."""
+        return list(self._layers)
+
     # ----- the learned scalars
     def scale_parameters(self) -> list[nn.Parameter]:
         return [layer.scale for layer in self._layers.values()]

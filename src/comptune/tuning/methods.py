@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..decomposition.components import linear_layout_weight, module_keys, module_kind, parse_component_key
-from .component_scale import ComponentScaleConfig, apply_component_scale
+from .component_scale import ComponentScaleConfig, ComponentScaleModel, apply_component_scale
 from .config import TuneConfig
 from ..decomposition.bases import linear_module_paths, svd_components
 
@@ -39,8 +39,15 @@ class TunableModel:
     method: str
     model: nn.Module
     parameters: list[nn.Parameter]
+    edited_modules: list[str]  # paths (in the unwrapped model) of the modules the edit changes
     scalars: Callable[[], dict[str, float]] = field(default=dict)  # learned scalar per key ({} for LoRA)
     l1_penalty: Callable[[], torch.Tensor] | None = None  # Σ|s − 1| for the scalar methods
+
+    @property
+    def ci_gated(self) -> bool:
+        """Whether the edit applies only where the decomposition's CI exceeds a threshold: its
+        gates (`model.compute_gates` / `model.gated`) are then computed once per batch by the trainer."""
+        return isinstance(self.model, ComponentScaleModel) and self.model.config.ci_threshold is not None
 
     def save(self, out_dir: str | Path) -> Path:
         """The trained edit as an adapter folder: ComponentScale's `save_adapter`, or peft's
@@ -95,12 +102,12 @@ def build_method(name: str, model: nn.Module, decomposition, selection, config: 
             bias="none",
             fan_in_fan_out=any(module_kind(model.get_submodule(p)) == "conv1d" for p in targets),
         )
-        return _peft_method(name, model, lora)
+        return _peft_method(name, model, lora, targets)
     raise ValueError(f"unknown method {name!r}; known: component_scale, svd_scale, neuron_scale, lora, lora_local")
 
 
-def _scale_tunable(name: str, wrapped) -> TunableModel:
-    return TunableModel(name, wrapped, wrapped.scale_parameters(), wrapped.scales, wrapped.l1_penalty)
+def _scale_tunable(name: str, wrapped: ComponentScaleModel) -> TunableModel:
+    return TunableModel(name, wrapped, wrapped.scale_parameters(), wrapped.edited_modules, wrapped.scales, wrapped.l1_penalty)
 
 
 def _check_linear_modules(model: nn.Module, paths: list[str]) -> None:
@@ -110,12 +117,12 @@ def _check_linear_modules(model: nn.Module, paths: list[str]) -> None:
             raise ValueError(f"module {path!r} is not a linear weight of this model; valid: {', '.join(valid)}")
 
 
-def _peft_method(name: str, model: nn.Module, peft_config) -> TunableModel:
+def _peft_method(name: str, model: nn.Module, peft_config, targets: list[str]) -> TunableModel:
     from peft import get_peft_model
 
     peft_model = get_peft_model(model, peft_config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    return TunableModel(name, peft_model, params)
+    return TunableModel(name, peft_model, params, list(targets))
 
 
 def _neuron_scale(model: nn.Module, selection) -> TunableModel:
@@ -135,7 +142,7 @@ def _neuron_scale(model: nn.Module, selection) -> TunableModel:
         if js is not None and max(js) >= d_hidden:
             raise ValueError(f"neuron key {path}:{max(js)} out of range: {path} reads {d_hidden} hidden units, valid 0..{d_hidden - 1}")
     fan_in_fan_out = any(module_kind(model.get_submodule(p)) == "conv1d" for p in paths)
-    tunable = _peft_method("neuron_scale", model, IA3Config(target_modules=paths, feedforward_modules=paths, fan_in_fan_out=fan_in_fan_out))
+    tunable = _peft_method("neuron_scale", model, IA3Config(target_modules=paths, feedforward_modules=paths, fan_in_fan_out=fan_in_fan_out), paths)
     peft_model = tunable.model
     ia3 = {path: peft_model.base_model.model.get_submodule(path).ia3_l["default"] for path in paths}  # [1, d_hidden]
     for path, js in units.items():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..decomposition.losses import kl_target_to_masked
+from ..decomposition.losses import TargetDistribution, kl_target_to_masked
 
 
 @dataclass
@@ -39,24 +39,25 @@ def capped_forget_term(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return -torch.where(ce >= chance, chance, ce), ce
 
 
-def retain_kl(logits: torch.Tensor, orig_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p_orig ‖ p_edited) summed over the vocabulary, averaged over positions. [B, T, V] each.
-    The decomposition's reconstruction divergence, with the original model as the reference."""
-    return kl_target_to_masked(logits, orig_logits)
+def retain_kl(logits: torch.Tensor, orig: torch.Tensor | TargetDistribution) -> torch.Tensor:
+    """KL(p_orig ‖ p_edited) summed over the vocabulary, averaged over positions. logits [B, T, V];
+    `orig`: the original model's logits or their precomputed `TargetDistribution`. The
+    decomposition's reconstruction divergence, with the original model as the reference."""
+    return kl_target_to_masked(logits, orig)
 
 
 def tuning_loss(
     forget_logits: torch.Tensor,
     forget_labels: torch.Tensor,
     retain_logits: torch.Tensor,
-    retain_orig_logits: torch.Tensor,
+    retain_orig: torch.Tensor | TargetDistribution,
     *,
     lambda_retain: float,
     l1_coef: float = 0.0,
     l1_penalty: torch.Tensor | None = None,
 ) -> LossTerms:
     forget, ce = capped_forget_term(forget_logits, forget_labels)
-    kl = retain_kl(retain_logits, retain_orig_logits)
+    kl = retain_kl(retain_logits, retain_orig)
     l1 = l1_penalty if l1_penalty is not None else torch.zeros((), device=ce.device)
     total = forget + lambda_retain * kl + l1_coef * l1
     return LossTerms(total=total, forget_ce=ce.detach(), retain_kl=kl.detach(), l1=l1.detach())

@@ -4,18 +4,27 @@ Forget data: exactly `budget` predicted tokens, a contiguous block of the forget
 the seed (disjoint blocks for different seeds), cut into sequences of `seq_len` tokens whose first
 token is context only. Retain data: fresh random windows of the retain stream every step
 ("unlimited"), with the original model's logits computed once per batch, adapters disabled.
+
+A step costs what it must: for an edit confined to block ℓ and later, the frozen blocks before ℓ
+run once for the fixed forget sequences (at the start) and once per retain batch (in the
+unedited pass that gives the original logits); the edited passes replay their output. A CI-gated
+edit's gates are likewise computed once for the forget sequences and once per retain batch.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict
 
 from .._io import versions
+from ..decomposition.losses import TargetDistribution
+from ..model.prefix import decoder_blocks, first_edited_block, prefix_replayed, recording, select_output
 from .config import TuneConfig
 from .methods import TunableModel, build_method
 from .objective import tuning_loss
@@ -95,6 +104,40 @@ def _retain_batch(stream: torch.Tensor, batch_size: int, seq_len: int, gen: torc
     return torch.stack([stream[s : s + L] for s in starts.tolist()])  # [B, L]
 
 
+class _FrozenPrefix:
+    """The unedited computation an edited pass may reuse on the same input: the output of the
+    blocks before the first edited one, and a CI-gated edit's gates."""
+
+    def __init__(self, model: nn.Module, tunable: TunableModel, enabled: bool):
+        self.net = tunable.model
+        self.first = first_edited_block(model, tunable.edited_modules) if enabled else 0
+        self.blocks = decoder_blocks(model)[1] if self.first else None
+        self.gated = tunable.ci_gated
+
+    @contextmanager
+    def unedited(self, ids: torch.Tensor) -> Iterator[dict]:
+        """Around the unedited forward(s) of `ids`: yields a dict that holds, after the context,
+        what the edited passes on `ids` reuse."""
+        saved: dict = {}
+        with torch.no_grad(), self.net.disable_adapter(), ExitStack() as stack:
+            outputs = stack.enter_context(recording(self.blocks, [self.first - 1])) if self.first else {}
+            yield saved
+        if self.first:
+            saved["prefix"] = outputs[self.first - 1]
+        if self.gated:
+            saved["gates"] = self.net.compute_gates(ids)
+
+    def logits(self, ids: torch.Tensor, saved: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The edited model's logits on `ids` (rows `rows` of the input `saved` was recorded on)."""
+        pick = (lambda x: x) if rows is None else (lambda x: select_output(x, rows))
+        with ExitStack() as stack:
+            if self.first:
+                stack.enter_context(prefix_replayed(self.blocks, self.first, pick(saved["prefix"])))
+            if self.gated:
+                stack.enter_context(self.net.gated({p: pick(g) for p, g in saved["gates"].items()}))
+            return self.net(input_ids=ids).logits
+
+
 def tune(
     config: TuneConfig,
     model: nn.Module,
@@ -104,11 +147,13 @@ def tune(
     *,
     decomposition_dir=None,
     progress: bool = False,
+    cache_prefix: bool = True,
 ) -> tuple[TunableModel, TuneResult]:
     """Build `config.method` on `model` (in place) and train it; returns the trained method and the result.
 
     forget_stream / retain_stream: 1-D token-id tensors. On a non-finite loss, training stops, the
     parameters of the last finite step are restored and NonFiniteLossError is raised.
+    `cache_prefix=False` runs every pass through the whole model (the same losses, slower).
     """
     n_ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if n_ctx is not None and config.seq_len > n_ctx:
@@ -127,6 +172,10 @@ def tune(
     opt = torch.optim.Adam(tunable.parameters, lr=config.lr)
     net = tunable.model
     net.eval()  # no dropout anywhere: the edit is the only thing that changes
+    frozen = _FrozenPrefix(model, tunable, cache_prefix)
+    with frozen.unedited(forget_ids) as forget_saved:
+        if frozen.first:
+            net(input_ids=forget_ids)
 
     losses: list[float] = []
     ema = best = math.inf
@@ -140,16 +189,17 @@ def tune(
         bar = tqdm(total=config.max_steps, desc=f"{config.method} budget={config.budget} seed={config.seed}")
     for step in range(config.max_steps):
         if config.forget_batch_size is None or config.forget_batch_size >= len(forget_ids):
+            pick = None
             f_ids, f_labels = forget_ids, forget_labels
         else:
             pick = torch.randperm(len(forget_ids), generator=gen)[: config.forget_batch_size].to(device)
             f_ids, f_labels = forget_ids[pick], forget_labels[pick]
         r_ids = _retain_batch(retain_stream, config.retain_batch_size, config.seq_len, gen)
-        with torch.no_grad(), net.disable_adapter():
-            orig = net(input_ids=r_ids).logits  # [B, L, V] of the unedited model
+        with frozen.unedited(r_ids) as retain_saved:
+            orig = TargetDistribution.of(net(input_ids=r_ids).logits)  # of the unedited model's [B, L, V] logits
 
         terms = tuning_loss(
-            net(input_ids=f_ids).logits, f_labels, net(input_ids=r_ids).logits, orig,
+            frozen.logits(f_ids, forget_saved, pick), f_labels, frozen.logits(r_ids, retain_saved), orig,
             lambda_retain=config.lambda_retain,
             l1_coef=config.l1,
             l1_penalty=tunable.l1_penalty() if tunable.l1_penalty is not None and config.l1 else None,
