@@ -54,6 +54,34 @@ def test_run_writes_decomposition_logs_and_quality(tmp_path):
     assert ps[0] == pytest.approx(2.0 - 1.6 * 0 / 8) and ps[-1] == pytest.approx(2.0 - 1.6 * 7 / 8)
 
 
+def test_adversary_source_gradient_from_the_main_backward_equals_its_own_backward(monkeypatch):
+    """The step takes the adversary's source gradient from the main backward (which reaches the
+    sources through the adversarial term alone) instead of a second backward of that term: both
+    give the same gradient (float32 rounding)."""
+    from comptune.decomposition.losses import PersistentPGD
+    from comptune.decomposition.train import VPDTrainer
+
+    cfg = config(coeff_adversarial=0.7)
+    trainer = VPDTrainer(Decomposition.create(tiny_lm(), cfg.patterns, cfg.ci), cfg, torch.device("cpu"))
+    expected, applied = [], []
+    loss, ascent = PersistentPGD.loss, PersistentPGD.adam_ascent_step
+
+    def spy_loss(self, decomposition, input_ids, target, ci_lower, recon=None):
+        out = loss(self, decomposition, input_ids, target, ci_lower, recon)
+        if any(g.requires_grad for g in ci_lower.values()):  # the step's adversarial term (the ascent holds CI fixed)
+            expected.append(torch.autograd.grad(out, list(self.sources.values()), retain_graph=True))
+        return out
+
+    monkeypatch.setattr(PersistentPGD, "loss", spy_loss)
+    monkeypatch.setattr(PersistentPGD, "adam_ascent_step", lambda self, grads, lr: applied.append(dict(grads)) or ascent(self, grads, lr))
+    for step in range(3):
+        trainer.train_step(BLOCKS[:4], step)
+    assert len(expected) == 3 and len(applied) == 3 * (1 + cfg.ppgd_inner_steps)
+    for want, got in zip(expected, applied[cfg.ppgd_inner_steps :: 1 + cfg.ppgd_inner_steps]):
+        for w, g in zip(want, got.values()):
+            assert w.abs().max() > 0 and torch.allclose(g, w, rtol=1e-5, atol=1e-9)
+
+
 def test_stop_and_resume_continues_the_same_run(tmp_path):
     full = decompose(tiny_lm(), BLOCKS, config(), tmp_path / "full")
     first = decompose(tiny_lm(), BLOCKS, config(), tmp_path / "split", stop_at_step=3)

@@ -4,6 +4,7 @@ save/load, bad input; SVD- and neuron-scale bases; the peft LoRA baselines."""
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -136,6 +137,32 @@ def test_gates_from_precomputed_ci():
     no_ci, _ = edited(config=ComponentScaleConfig(ci_threshold=0.5))
     with pytest.raises(ValueError, match="needs the decomposition"):
         no_ci(input_ids=ids)
+
+
+def test_ci_gate_at_threshold_zero_is_the_ungated_edit_where_ci_is_positive_and_no_edit_elsewhere():
+    ids = ids_batch()
+    path = "h.1.attn.v_proj"
+    keys = [k for k in KEYS if k.startswith(path)]
+    g = torch.Generator().manual_seed(5)
+    ci = {p: torch.rand(*ids.shape, C, generator=g) * (torch.rand(*ids.shape, C, generator=g) > 0.5) for p in DECOMPOSED}  # half exactly 0
+
+    def layer_output(config, gates=None, disabled=False):
+        wrapped, _ = edited(keys=keys, scales={k: SCALES[k] for k in keys}, config=config)
+        out = {}
+        wrapped.model.get_submodule(path).register_forward_hook(lambda m, a, o: out.setdefault("y", o))
+        with torch.no_grad(), (wrapped.gated(wrapped.gates_from_ci(gates)) if gates else wrapped.disable_adapter() if disabled else nullcontext()):
+            wrapped(input_ids=ids)
+        return out["y"]
+
+    gated = layer_output(ComponentScaleConfig(ci_threshold=0.0), gates=ci)
+    ungated, base = layer_output(None), layer_output(None, disabled=True)
+    idx = [int(k.rsplit(":", 1)[1]) for k in keys]
+    on = (ci[path][..., idx] > 0).any(-1)  # positions where some scaled subcomponent has CI > 0
+    assert 0 < on.float().mean() < 1
+    # wherever all the scaled subcomponents have CI > 0 the gated edit is the ungated one; where none has, the layer is the base
+    all_on, none_on = (ci[path][..., idx] > 0).all(-1), ~on
+    assert torch.allclose(gated[all_on], ungated[all_on], atol=1e-6) and not torch.allclose(ungated[all_on], base[all_on], atol=1e-3)
+    assert torch.allclose(gated[none_on], base[none_on], atol=1e-6)
 
 
 def test_disable_adapter_and_unload_restore_the_original():

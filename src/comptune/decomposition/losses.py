@@ -74,6 +74,23 @@ class TargetDistribution:
             return cls(probs, (probs * log_p).sum(-1))
 
 
+class _KLToTarget(torch.autograd.Function):
+    """mean KL(p ‖ softmax(z)) with Σ p log q = Σ p z − logsumexp(z) (as Σ p = 1): no log-softmax
+    of z is formed, and the backward is one softmax, (softmax(z) − p) / N, written in place."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, probs: torch.Tensor, neg_entropy: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z, probs)
+        return (neg_entropy - torch.linalg.vecdot(probs, z) + torch.logsumexp(z, dim=-1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        z, probs = ctx.saved_tensors
+        g = torch.softmax(z, dim=-1)
+        g.sub_(probs).mul_(grad / (z.numel() // z.shape[-1]))
+        return g, None, None
+
+
 def kl_target_to_masked(masked_logits: torch.Tensor, target: torch.Tensor | TargetDistribution) -> torch.Tensor:
     """KL(softmax(target) ‖ softmax(masked)), summed over the vocabulary, mean over positions.
 
@@ -82,10 +99,7 @@ def kl_target_to_masked(masked_logits: torch.Tensor, target: torch.Tensor | Targ
     """
     if not isinstance(target, TargetDistribution):
         target = TargetDistribution.of(target)
-    z = masked_logits.float()
-    # Σ p log q = Σ p z − logsumexp(z) since Σ p = 1: no log-softmax of z is formed, and the
-    # gradient softmax(z) − p comes from two cheap terms
-    return (target.neg_entropy - (target.probs * z).sum(-1) + torch.logsumexp(z, dim=-1)).mean()
+    return _KLToTarget.apply(masked_logits.float(), target.probs, target.neg_entropy)
 
 
 def faithfulness_loss(decomposition: Decomposition) -> torch.Tensor:
@@ -126,7 +140,7 @@ class PersistentPGD:
 
     Each training step: `ascend` twice on the current batch (CI and components detached), then the
     adversarial loss term is built from `masks(ci_lower)` with live CI and components, and its
-    source gradient (from that same graph) is applied with `adam_ascent_step` after the main backward.
+    source gradient (left in `.grad` by the main backward) is applied with `adam_ascent_step`.
     """
 
     def __init__(self, C: dict[str, int], batch_shape: tuple[int, int], device, generator: torch.Generator | None = None,
@@ -165,7 +179,7 @@ class PersistentPGD:
             self.exp_avg_sq[p].mul_(b2).addcmul_(g, g, value=1 - b2)
             src.add_(lr * (self.exp_avg[p] / bias1) / ((self.exp_avg_sq[p] / bias2).sqrt() + self.eps))
             src.clamp_(0.0, 1.0)
-            src.grad = None  # the main backward also reaches the sources; that gradient is not used
+            src.grad = None  # the next main backward accumulates afresh
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {"t": torch.tensor(self.t)}

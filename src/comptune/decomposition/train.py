@@ -459,7 +459,6 @@ class VPDTrainer:
             if config.routing == "uniform_k_subset":
                 routing = sample_subset_routing(paths, tuple(ci.lower[paths[0]].shape[:-1]), self.device, self.mask_rng)
             terms["stochastic"] = self.recon(d.masked_logits(batch, masks, delta_masks, routing), target_out)
-        source_grads = None
         if self.ppgd is None and config.coeff_adversarial > 0:
             self.ppgd = self._make_ppgd(ci.lower)
         if self.ppgd is not None:
@@ -467,7 +466,6 @@ class VPDTrainer:
                 self.ppgd.ascend(d, batch, target_out, ci.lower, ppgd_lr, config.ppgd_inner_steps, self.recon)
             with record_function("vpd/adversarial"):
                 terms["adversarial"] = self.ppgd.loss(d, batch, target_out, ci.lower, self.recon)
-                source_grads = torch.autograd.grad(terms["adversarial"], list(self.ppgd.sources.values()), retain_graph=True)
         total = (
             config.coeff_faithfulness * terms["faithfulness"]
             + config.coeff_minimality * terms["minimality"]
@@ -490,7 +488,10 @@ class VPDTrainer:
             self.opt_components.step()
             self.opt_ci.step()
             if self.ppgd is not None:
-                self.ppgd.adam_ascent_step(dict(zip(self.ppgd.sources, source_grads)), ppgd_lr)
+                # the main backward reaches the sources through the adversarial term alone, so their
+                # gradient of that term comes from it, without a second backward of the same graph
+                source_grads = {p: src.grad / config.coeff_adversarial for p, src in self.ppgd.sources.items()}
+                self.ppgd.adam_ascent_step(source_grads, ppgd_lr)
         return {"loss": total.item(), **{k: v.item() for k, v in terms.items()}, "p": p, "lr": lr, "ppgd_lr": ppgd_lr, "grad_norm_components": grad_norm}
 
     def _make_ppgd(self, ci_lower) -> PersistentPGD:
