@@ -433,12 +433,9 @@ def test_hf_conv1d_target_from_a_local_folder(tmp_path):
 
 
 def test_cli_imports_a_run(tmp_path, target, capsys):
-    import argparse
+    from comptune.cli import build_parser
 
-    from comptune.decomposition import goodfire
-
-    parser = argparse.ArgumentParser()
-    goodfire.register(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     pretrain = tmp_path / "pretrain"
     (pretrain / "checkpoints").mkdir(parents=True)
     (pretrain / "model_config.yaml").write_text(yaml.safe_dump(LLAMA_CONFIG))

@@ -38,14 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load drowns our own progress
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    # imported only once a command runs: help and argument errors come without torch/transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load drowns our own progress
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:

@@ -673,29 +673,3 @@ def import_goodfire(
     }
     decomposition.save(out_dir)
     return decomposition
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "import-goodfire",
-        help="convert a torch-era Goodfire SPD/VPD run (final_config.yaml or experiment_config.yaml + model_<step>.pth) "
-        "into a comptune decomposition",
-    )
-    p.add_argument("run", type=Path, metavar="RUN_DIR_OR_FILE", help="run directory (highest model_<step>.pth is used) or one checkpoint")
-    p.add_argument("--out", type=Path, required=True, help="decomposition folder to write")
-    p.add_argument(
-        "--target-weights", type=Path,
-        help="the target when the checkpoint holds no target_model.* weights (or they cannot be built alone): their "
-        "pretraining run (model_config.yaml + checkpoints/model_step_<n>.pt) or a local Hugging Face model folder",
-    )
-    p.set_defaults(func=_import_command)
-
-
-def _import_command(args) -> int:
-    decomposition = import_goodfire(args.run, args.out, target_weights=args.target_weights)
-    total = sum(decomposition.C(p) for p in decomposition.module_paths)
-    print(
-        f"imported {len(decomposition.module_paths)} modules ({total} subcomponents), CI function "
-        f"{decomposition.ci_config.type}, step {decomposition.provenance['step']} -> {args.out}"
-    )
-    return 0

@@ -1,10 +1,11 @@
 """Target models: the bundled Llama-style LM and loading of any HF causal LM."""
 
-from transformers import AutoConfig, AutoModelForCausalLM
-
-from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
-
-AutoConfig.register(ComptuneLMConfig.model_type, ComptuneLMConfig, exist_ok=True)
-AutoModelForCausalLM.register(ComptuneLMConfig, ComptuneLMForCausalLM, exist_ok=True)
+from .._lazy import lazy_exports
 
 __all__ = ["ComptuneLMConfig", "ComptuneLMForCausalLM"]
+
+# imported on first use (comptune --help must not import torch)
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ComptuneLMConfig": ".loading",
+    "ComptuneLMForCausalLM": ".loading",
+})

@@ -2,8 +2,8 @@
 
 Only safetensors weights are read (`use_safetensors=True`): a `pytorch_model.bin` is a pickle and
 is refused, never unpickled. Code shipped inside a model directory is never executed (no
-`trust_remote_code`); the bundled architecture is found because importing `comptune.model`
-registers it with the Auto classes.
+`trust_remote_code`); the bundled architecture is found because this module registers it with
+the Auto classes (`comptune.model`'s names are imported through here).
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from pathlib import Path
 
 import torch
 
-from . import ComptuneLMForCausalLM  # noqa: F401  (registers the bundled architecture with AutoModelForCausalLM)
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+
+AutoConfig.register(ComptuneLMConfig.model_type, ComptuneLMConfig, exist_ok=True)
+AutoModelForCausalLM.register(ComptuneLMConfig, ComptuneLMForCausalLM, exist_ok=True)
 
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
@@ -24,8 +29,6 @@ def load_model_and_tokenizer(path: str | Path, *, tokenizer_path: str | Path | N
     The tokenizer comes from `tokenizer_path` (default: the model directory) and must fit the
     model's vocabulary (`check_vocab`).
     """
-    from transformers import AutoModelForCausalLM
-
     path = Path(path)
     _check_model_dir(path)
     try:

@@ -5,25 +5,34 @@
 - `tune`: train any method on −min(CE_forget, ln|V|) + λ·KL(orig ‖ edited)[retain] to a plateau.
 """
 
-from ..decomposition.bases import linear_module_paths, svd_components
-from ..decomposition.components import Components, module_keys
-from .component_scale import (
-    SIGN_CONVENTION,
-    ComponentScaleConfig,
-    ComponentScaleLayer,
-    ComponentScaleModel,
-    apply_component_scale,
-    load_adapter,
-)
-from .config import Selection, TuneConfig
-from .methods import TunableModel, build_method
-from .objective import LossTerms, capped_forget_term, next_token_ce, retain_kl, tuning_loss
-from .train import NonFiniteLossError, TuneResult, forget_sequences, take_budget, tune
+from .._lazy import lazy_exports
 
-__all__ = [
-    "SIGN_CONVENTION", "ComponentScaleConfig", "ComponentScaleLayer", "ComponentScaleModel", "Components",
-    "apply_component_scale", "load_adapter", "module_keys",
-    "Selection", "TuneConfig", "TunableModel", "build_method", "linear_module_paths",
-    "LossTerms", "capped_forget_term", "next_token_ce", "retain_kl", "tuning_loss",
-    "svd_components", "NonFiniteLossError", "TuneResult", "forget_sequences", "take_budget", "tune",
-]
+__all__ = ["ComponentScaleConfig", "ComponentScaleLayer", "ComponentScaleModel", "Components", "LossTerms", "NonFiniteLossError", "SIGN_CONVENTION", "Selection", "TunableModel", "TuneConfig", "TuneResult", "apply_component_scale", "build_method", "capped_forget_term", "forget_sequences", "linear_module_paths", "load_adapter", "module_keys", "next_token_ce", "retain_kl", "svd_components", "take_budget", "tune", "tuning_loss"]
+
+# imported on first use (comptune --help must not import torch)
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ComponentScaleConfig": ".component_scale",
+    "ComponentScaleLayer": ".component_scale",
+    "ComponentScaleModel": ".component_scale",
+    "Components": "..decomposition.components",
+    "LossTerms": ".objective",
+    "NonFiniteLossError": ".train",
+    "SIGN_CONVENTION": ".component_scale",
+    "Selection": ".config",
+    "TunableModel": ".methods",
+    "TuneConfig": ".config",
+    "TuneResult": ".train",
+    "apply_component_scale": ".component_scale",
+    "build_method": ".methods",
+    "capped_forget_term": ".objective",
+    "forget_sequences": ".train",
+    "linear_module_paths": "..decomposition.bases",
+    "load_adapter": ".component_scale",
+    "module_keys": "..decomposition.components",
+    "next_token_ce": ".objective",
+    "retain_kl": ".objective",
+    "svd_components": "..decomposition.bases",
+    "take_budget": ".train",
+    "tune": ".train",
+    "tuning_loss": ".objective",
+})

@@ -1,0 +1,30 @@
+"""The command line as a whole: help and argument errors come without importing the heavy stack."""
+
+import subprocess
+import sys
+
+
+def test_help_and_argument_errors_do_not_import_torch_transformers_or_peft():
+    probe = (
+        "import sys\nfrom comptune.cli import main\n"
+        "for argv in (['--help'], ['tune', '--help'], ['tune'], ['no-such-command']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:] + done.stderr[-2000:]
+    assert "required: --budget" in done.stderr or "the following arguments are required" in done.stderr
+
+
+def test_package_names_still_resolve_lazily():
+    import comptune.decomposition as decomposition
+    import comptune.tuning as tuning
+
+    assert "Decomposition" in dir(decomposition) and decomposition.Decomposition.__name__ == "Decomposition"
+    assert tuning.apply_component_scale.__module__ == "comptune.tuning.component_scale"
+    try:
+        tuning.no_such_name
+    except AttributeError as e:
+        assert "no_such_name" in str(e)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")
