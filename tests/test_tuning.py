@@ -165,6 +165,25 @@ def test_ci_gate_at_threshold_zero_is_the_ungated_edit_where_ci_is_positive_and_
     assert torch.allclose(gated[none_on], base[none_on], atol=1e-6)
 
 
+def test_the_wrapped_model_answers_like_the_model_it_wraps():
+    """`config`, `generate` and evaluation reach the wrapped model, as on a PeftModel; the adapter's
+    own settings are `scale_config`."""
+    from comptune.evaluation import evaluate_ce
+
+    model = tiny_model()
+    wrapped, _ = edited(model=model, config=ComponentScaleConfig())
+    assert wrapped.config is model.config and wrapped.scale_config == ComponentScaleConfig()
+    ids = ids_batch()
+    with torch.no_grad():
+        live = evaluate_ce(wrapped, {"x": ids}).datasets["x"].ce
+        out = wrapped.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 7)
+    merged = wrapped.merge_and_unload()
+    assert abs(evaluate_ce(merged, {"x": ids}).datasets["x"].ce - live) < 1e-5
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        wrapped.no_such_attribute
+
+
 def test_disable_adapter_and_unload_restore_the_original():
     ids = ids_batch()
     with torch.no_grad():

@@ -81,7 +81,8 @@ class _KLToTarget(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, probs: torch.Tensor, neg_entropy: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(z, probs)
-        return (neg_entropy - torch.linalg.vecdot(probs, z) + torch.logsumexp(z, dim=-1)).mean()
+        dot = torch.einsum("...v,...v->...", probs, z)  # a batched matmul: no [..., V] product is written
+        return (neg_entropy - dot + torch.logsumexp(z, dim=-1)).mean()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

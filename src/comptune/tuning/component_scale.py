@@ -148,7 +148,7 @@ class ComponentScaleModel(nn.Module):
         super().__init__()
         self.model = model
         self.keys = list(keys)
-        self.config = config
+        self.scale_config = config  # the adapter's; `config` is the wrapped model's, as on a PeftModel
         self.provenance = provenance  # decomposition and target fingerprints, written with the adapter
         # needed only to compute CI for gated scaling; kept outside nn.Module registration so the
         # decomposition's parameters never show up among the adapter's
@@ -163,6 +163,16 @@ class ComponentScaleModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        # everything else is the wrapped model's (`config`, `generate`, `get_output_embeddings` …):
+        # the edited model answers like the model it wraps, as peft's PeftModel does
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":  # not yet set (during __init__)
+                raise
+            return getattr(self.model, name)
 
     @property
     def edited_modules(self) -> list[str]:
@@ -209,12 +219,12 @@ class ComponentScaleModel(nn.Module):
     # ----- CI gating: CI is computed once per batch, from the decomposition on the same input
     def gates_from_ci(self, ci: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per edited module, [B, T, k] 0/1 gates from causal importances {path: [B, T, C]}."""
-        if self.config.ci_threshold is None:
-            raise ValueError("this adapter is not CI-gated (config.ci_threshold is None)")
+        if self.scale_config.ci_threshold is None:
+            raise ValueError("this adapter is not CI-gated (scale_config.ci_threshold is None)")
         missing = [p for p in self._layers if p not in ci]
         if missing:
             raise ValueError(f"causal importances are missing for edited modules {missing}")
-        return {path: (ci[path][..., layer.indices] > self.config.ci_threshold).to(layer.V.dtype) for path, layer in self._layers.items()}
+        return {path: (ci[path][..., layer.indices] > self.scale_config.ci_threshold).to(layer.V.dtype) for path, layer in self._layers.items()}
 
     @torch.no_grad()
     def compute_gates(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -265,7 +275,7 @@ class ComponentScaleModel(nn.Module):
     # ----- merging and removal
     def merge_and_unload(self) -> nn.Module:
         """The plain model with W' = W + Σ (s_c − 1) u_c v_cᵀ in its weights, adapter removed."""
-        if self.config.ci_threshold is not None:
+        if self.scale_config.ci_threshold is not None:
             raise ValueError("a CI-gated edit depends on the input and cannot be merged into the weights")
         for layer in self._layers.values():
             layer.merge()
@@ -303,7 +313,7 @@ class ComponentScaleModel(nn.Module):
             "format": ADAPTER_FORMAT,
             "format_version": ADAPTER_FORMAT_VERSION,
             "keys": self.keys,
-            "config": self.config.model_dump(mode="json"),
+            "config": self.scale_config.model_dump(mode="json"),
             "sign_convention": SIGN_CONVENTION,
             "scales": self.scales(),
             "modules": modules,
@@ -318,7 +328,7 @@ class ComponentScaleModel(nn.Module):
         `PeftModel.from_pretrained(base, out_dir)` and gives the adapter's logits."""
         from peft import LoraConfig
 
-        if self.config.ci_threshold is not None:
+        if self.scale_config.ci_threshold is not None:
             raise ValueError("a CI-gated edit depends on the input and has no exact LoRA form")
         out_dir = Path(out_dir)
         ranks = {path: len(layer.indices) for path, layer in self._layers.items()}

@@ -47,7 +47,7 @@ class TunableModel:
     def ci_gated(self) -> bool:
         """Whether the edit applies only where the decomposition's CI exceeds a threshold: its
         gates (`model.compute_gates` / `model.gated`) are then computed once per batch by the trainer."""
-        return isinstance(self.model, ComponentScaleModel) and self.model.config.ci_threshold is not None
+        return isinstance(self.model, ComponentScaleModel) and self.model.scale_config.ci_threshold is not None
 
     def save(self, out_dir: str | Path) -> Path:
         """The trained edit as an adapter folder: ComponentScale's `save_adapter`, or peft's
