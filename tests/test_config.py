@@ -49,3 +49,28 @@ def test_unknown_keys_survive_inheritance(tmp_path):
     _write(tmp_path / "child.yaml", "extends: base.yaml\ntrain: {patiense: 3}\n")
     with pytest.raises(ValidationError, match="patiense"):
         SweepConfig.from_file(tmp_path / "child.yaml")
+
+
+def test_validation_errors_read_as_one_line_naming_field_problem_and_choices():
+    from comptune.config import describe_validation_error
+    from comptune.tuning import TuneConfig
+
+    with pytest.raises(ValidationError) as missing:
+        TuneConfig(method="lora")
+    assert describe_validation_error(missing.value) == "invalid TuneConfig: `budget` is required"
+    with pytest.raises(ValidationError) as bad:
+        TuneConfig(budget=4, lr=-1, selection={"keyz": ["a:1"]})
+    text = describe_validation_error(bad.value)
+    assert "\n" not in text and "https://" not in text
+    assert "`lr`: input should be greater than 0 (got -1)" in text
+    assert "`selection.keyz` is not a setting (settings: keys, modules)" in text
+
+
+def test_cli_prints_a_validation_error_as_one_line(capsys):
+    from comptune.cli import main
+    from comptune.corpus.bundle import bundled_model_dir
+
+    assert main(["tune", "--model", str(bundled_model_dir()), "--method", "lora", "--forget", "train.de",
+                 "--retain", "train.en", "--out", "/nonexistent/never-written"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "comptune tune: error: invalid TuneConfig: `budget` is required"

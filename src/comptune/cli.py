@@ -47,8 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load drowns our own progress
+    from pydantic import ValidationError
+
+    from .config import describe_validation_error
+
     try:
         return int(args.func(args) or 0)
+    except ValidationError as e:
+        print(f"comptune {args.command}: error: {describe_validation_error(e)}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
         # user errors: one clear line, no traceback
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound="StrictConfig")
 
@@ -53,3 +53,41 @@ def _merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line for a config's validation error: each bad field, what is wrong, what was given
+    and, for an unknown key, the fields there are (pydantic's own text spans lines and a URL)."""
+    config = _config_class(err.title)
+    parts = []
+    for e in err.errors(include_url=False):
+        where = ".".join(str(x) for x in e["loc"]) or "config"
+        if e["type"] == "missing":
+            parts.append(f"`{where}` is required")
+        elif e["type"] == "extra_forbidden":
+            known = _fields_at(config, e["loc"][:-1])
+            parts.append(f"`{where}` is not a setting" + (f" (settings: {', '.join(known)})" if known else ""))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"`{where}`: {msg[0].lower() + msg[1:]} (got {e['input']!r})")
+    return f"invalid {err.title}: " + "; ".join(parts)
+
+
+def _config_class(name: str) -> type[BaseModel] | None:
+    todo = [StrictConfig]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
+
+
+def _fields_at(config: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """Field names of the (nested) config at `loc`, following nested configs by field name."""
+    for key in loc:
+        if config is None or not isinstance(key, str) or key not in config.model_fields:
+            return []
+        annotation = config.model_fields[key].annotation
+        config = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return sorted(config.model_fields) if config is not None else []

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .bundle import BUNDLED_DATASETS, bundled_texts
 
 
 def dataset_texts(name_or_path: str, **load_kwargs) -> list[str]:
+    """The texts of a bundled dataset, a local file or folder, or a Hub dataset ("owner/name")."""
     if name_or_path in BUNDLED_DATASETS:
         return bundled_texts(name_or_path)
+    if "/" not in name_or_path and not Path(name_or_path).exists():
+        raise ValueError(f"unknown dataset {name_or_path!r}: not a bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
+                         "and no such file or directory")
     from .loading import load_texts
 
     return load_texts(name_or_path, **load_kwargs)

@@ -57,7 +57,7 @@ def context_length(model) -> int | None:
 
 def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None) -> EvalResult:
     """Evaluate `cfg.model` (or an already loaded `model` + `tokenizer`) on `cfg.data`."""
-    from ..corpus.bundle import BUNDLED_DATASETS, DEFAULT_EVAL_DATASETS, bundled_model_dir
+    from ..corpus.bundle import DEFAULT_EVAL_DATASETS, bundled_model_dir
     from ..corpus.datasets import dataset_texts
     from ..corpus.loading import blocks_from_stream, token_stream
     from ..model.loading import check_vocab, load_model_and_tokenizer
@@ -78,9 +78,6 @@ def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None) -> EvalResult:
     blocks, tokens_per_char = {}, {}
     for spec in data:
         source, lang = parse_data_spec(spec)
-        if source not in BUNDLED_DATASETS and "/" not in source and not Path(source).exists():
-            raise ValueError(f"unknown dataset {source!r}: not a bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
-                             "and no such file or directory")
         texts = dataset_texts(source, lang=lang or cfg.lang, text_column=cfg.text_column, lang_column=cfg.lang_column,
                               split=cfg.split, subset=cfg.subset)
         stream = token_stream(tokenizer, texts)

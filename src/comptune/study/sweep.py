@@ -262,6 +262,9 @@ _worker_state: tuple | None = None  # (config, inputs, base, out_dir) in a pool 
 
 def _init_worker(config: SweepConfig, base: dict, out_dir: Path) -> None:
     global _worker_state
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per worker would interleave with the sweep's log
     torch.set_num_threads(1)  # N workers on N cores: more threads each would oversubscribe them
     # each worker loads its own inputs (deterministic from the config): a decomposition holds hooks
     # that do not pickle, and sending the model to every worker would cost as much as loading it
@@ -416,7 +419,10 @@ def load_edit(edit_dir: str | Path, base_model: nn.Module, decomposition=None) -
         return edited_lm(load_adapter(edit_dir, base_model, decomposition))
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base_model, str(edit_dir)).eval()
+    from ..tuning.methods import peft_quietly
+
+    with peft_quietly():
+        return PeftModel.from_pretrained(base_model, str(edit_dir)).eval()
 
 
 # --------------------------------------------------------------------------- bookkeeping

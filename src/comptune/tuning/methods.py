@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -117,10 +119,20 @@ def _check_linear_modules(model: nn.Module, paths: list[str]) -> None:
             raise ValueError(f"module {path!r} is not a linear weight of this model; valid: {', '.join(valid)}")
 
 
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Around peft wrapping or loading: peft asks transformers 5 models for a deprecated attribute
+    (`is_gradient_checkpointing`) every time, a FutureWarning that is not the user's to fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _peft_method(name: str, model: nn.Module, peft_config, targets: list[str]) -> TunableModel:
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, peft_config)
+    with peft_quietly():
+        peft_model = get_peft_model(model, peft_config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     return TunableModel(name, peft_model, params, list(targets))
 
