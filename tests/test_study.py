@@ -256,6 +256,20 @@ def test_bad_input_gives_clear_errors_and_no_files(assets, tmp_path):
         sweep_config(assets, methods=[dict(name="local", method="lora_local", select=dict(modules_of="single"), lrs=[0.01])])
 
 
+def test_a_failed_start_leaves_nothing_that_refuses_its_fix(assets, tmp_path):
+    """Setup that fails after the inputs load (here: the selection) removes what it wrote, so the
+    corrected config runs in the same --out."""
+    out = tmp_path / "out"
+    single = dict(name="single", method="component_scale", lrs=[0.1])
+    bad = sweep_config(assets, methods=[single | dict(select=dict(rank="specificity", top=1000))], budgets=[4])
+    with pytest.raises(ValueError, match="top 1000"):
+        run_sweep(bad, out, log=lambda s: None)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+    fixed = sweep_config(assets, methods=[single | dict(select=dict(rank="specificity", top=1))], budgets=[4])
+    run_sweep(fixed, out, log=lambda s: None)
+    assert yaml.safe_load((out / "sweep_config.yaml").read_text())["methods"][0]["select"]["top"] == 1
+
+
 def test_presets_load_and_agree():
     """`comptune demo` and `comptune demo --full` read configs/*.yaml; full is the write-up's protocol."""
     from comptune.study.demo import configs_dir, preset_config

@@ -153,7 +153,10 @@ def sample_blocks(name: str, tokenizer, block_len: int, max_blocks: int) -> torc
             if n >= want:
                 break
         texts = picked
-    return tokenize_to_blocks(tokenizer, texts, block_len, max_blocks=max_blocks)
+    try:
+        return tokenize_to_blocks(tokenizer, texts, block_len, max_blocks=max_blocks)
+    except ValueError as e:
+        raise ValueError(f"dataset {name!r}: {e}") from None
 
 
 def plan_runs(config: SweepConfig, selections: dict[str, dict]) -> list[RunSpec]:
@@ -213,12 +216,19 @@ def run_sweep(
     inputs = inputs or load_inputs(config)  # raises on bad input before anything is written
     with _exclusive(out_dir):
         saved = out_dir / "sweep_config.yaml"
-        if not saved.exists() or grows:
-            for stale in ("results.jsonl", "chosen.json"):  # a grown sweep is unfinished until its new runs are done
-                (out_dir / stale).unlink(missing_ok=True)
-            write_text_atomic(saved, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        base = _base_ce(config, inputs, out_dir, log)
-        selections = _selections(config, inputs, out_dir, log)
+        fresh = not saved.exists()
+        try:
+            if fresh or grows:
+                for stale in ("results.jsonl", "chosen.json"):  # a grown sweep is unfinished until its new runs are done
+                    (out_dir / stale).unlink(missing_ok=True)
+                write_text_atomic(saved, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+            base = _base_ce(config, inputs, out_dir, log)
+            selections = _selections(config, inputs, out_dir, log)
+        except BaseException:
+            if fresh:  # a failed start leaves nothing behind that would refuse its corrected config
+                for name in ("sweep_config.yaml", "base_ce.json", "selection.json"):
+                    (out_dir / name).unlink(missing_ok=True)
+            raise
         runs = plan_runs(config, selections)
         runs_path = out_dir / "runs.jsonl"
         _cut_partial_line(runs_path)
