@@ -265,7 +265,7 @@ def test_non_finite_loss_restores_the_last_good_step(make_model):
         return out * float("nan") if calls["n"] == 1 + 3 * 3 + 2 else out
 
     model.h[1].register_forward_hook(poison)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 3 \(forget CE nan.*restored the parameters of step 2; lower the learning rate") as err:
+    with pytest.raises(NonFiniteLossError, match=r"diverged at step 3: the loss became non-finite \(forget CE nan.*restored the parameters of step 2; lower the learning rate") as err:
         tune(scale_config(max_steps=10, patience=1000), model, forget, retain, components())
     assert err.value.step == 3
     restored = float(model.h[1].attn.v_proj.scale.detach()[0])
@@ -274,6 +274,25 @@ def test_non_finite_loss_restores_the_last_good_step(make_model):
     tunable, _ = tune(scale_config(max_steps=2, patience=1000), clean, forget, retain, components())
     assert restored == pytest.approx(tunable.scalars()["h.1.attn.v_proj:2"], abs=0)
     assert restored != reference.final_scalars["h.1.attn.v_proj:2"]
+
+
+def test_divergence_stops_with_the_last_good_parameters_and_overflowing_lrs_are_refused(make_model):
+    from comptune.tuning.train import DIVERGED_ABS_SCALE, DIVERGED_RETAIN_KL
+
+    forget, retain = streams()
+    model = make_model()
+    with pytest.raises(NonFiniteLossError, match=r"training diverged at step \d+: (the retain KL passed|a scalar reached).*restored the parameters of step") as err:
+        tune(scale_config(lr=100, max_steps=50, patience=1000), model, forget, retain, components())
+    k = err.value.step  # the parameters after k updates passed a bound; the model keeps those after k − 1
+    kept = float(model.get_submodule("h.1.attn.v_proj").scale.detach()[0])
+    if k == 1:
+        assert kept == 1.0  # the first update already diverged: the unedited scalar is kept
+    else:
+        _, replay = tune(scale_config(lr=100, max_steps=k - 1, patience=1000), make_model(), forget, retain, components())
+        assert replay.final_scalars["h.1.attn.v_proj:2"] == pytest.approx(kept, rel=1e-6)
+        assert replay.final_retain_kl <= DIVERGED_RETAIN_KL and abs(kept) <= DIVERGED_ABS_SCALE
+    with pytest.raises(ValueError, match="less than or equal to 1000"):
+        scale_config(lr=1e300)
 
 
 def test_bad_input_errors(make_model):

@@ -37,7 +37,7 @@ class TuneConfig(StrictConfig):
     budget: int = Field(ge=1)
     seed: int = Field(default=0, ge=0)  # picks the forget block, retain batches and LoRA init
     # optimisation (Adam, constant lr)
-    lr: float = Field(default=0.01, gt=0)
+    lr: float = Field(default=0.01, gt=0, le=1e3)  # Adam moves each parameter by about lr per step
     lora_rank: int = Field(default=1, ge=1)  # "lora" only; localised LoRA is always rank 1
     lora_alpha: float = Field(default=16.0, gt=0)
     # objective

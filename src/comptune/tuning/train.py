@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from .._io import versions
 from ..decomposition.losses import TargetDistribution
 from ..model.prefix import decoder_blocks, first_edited_block, prefix_replayed, recording, select_output
-from .config import TuneConfig
+from .config import SCALAR_METHODS, TuneConfig
 from .methods import TunableModel, build_method
 from .objective import tuning_loss
 
@@ -48,8 +48,15 @@ class TuneResult(BaseModel):
     versions: dict[str, str]
 
 
+# Divergence bounds: past either, training has left the region where the objective means anything
+# (the bundled model's English CE is ~3.2 nats; the German unit needs |s| ≈ 32)
+DIVERGED_RETAIN_KL = 3.0  # nats per retain position
+DIVERGED_ABS_SCALE = 1e4  # |s| of any scalar (component, SVD and neuron scale)
+
+
 class NonFiniteLossError(ValueError):
-    """The loss became NaN/inf; the model holds the parameters of the last finite step."""
+    """Training diverged: the loss became NaN/inf, or the retain KL or a scalar passed its bound
+    (DIVERGED_RETAIN_KL, DIVERGED_ABS_SCALE); the model holds the parameters of the last good step."""
 
     def __init__(self, message: str, step: int):
         super().__init__(message)
@@ -138,6 +145,19 @@ class _FrozenPrefix:
             return self.net(input_ids=ids).logits
 
 
+def _divergence(loss: float, retain_kl: float, tunable: TunableModel, method: str) -> str:
+    """What says training diverged ("" if nothing)."""
+    if not math.isfinite(loss):
+        return "the loss became non-finite"
+    if retain_kl > DIVERGED_RETAIN_KL:
+        return f"the retain KL passed {DIVERGED_RETAIN_KL:g} nats"
+    if method in SCALAR_METHODS:
+        largest = max(float(p.detach().abs().max()) for p in tunable.parameters)
+        if largest > DIVERGED_ABS_SCALE:
+            return f"a scalar reached |s| = {largest:.3g} > {DIVERGED_ABS_SCALE:g}"
+    return ""
+
+
 def tune(
     config: TuneConfig,
     model: nn.Module,
@@ -205,8 +225,9 @@ def tune(
             l1_penalty=tunable.l1_penalty() if tunable.l1_penalty is not None and config.l1 else None,
         )
         loss = float(terms.total.detach())
-        if not math.isfinite(loss):
-            # the current parameters give a non-finite loss: go back to those of the previous step
+        diverged = _divergence(loss, float(terms.retain_kl), tunable, config.method)
+        if diverged:
+            # the current parameters are past the bound: go back to those of the previous step
             if step > 0:
                 with torch.no_grad():
                     for p, good in zip(tunable.parameters, last_good):
@@ -214,7 +235,7 @@ def tune(
             values = ", ".join(f"{n} {float(v):.4g}" for n, v in (("forget CE", terms.forget_ce), ("retain KL", terms.retain_kl), ("L1", terms.l1)))
             restored = f"restored the parameters of step {step - 1}" if step > 0 else "the unedited model already gives it"
             raise NonFiniteLossError(
-                f"loss became non-finite at step {step} ({values}); {restored}; "
+                f"training diverged at step {step}: {diverged} ({values}); {restored}; "
                 f"lower the learning rate (lr={config.lr}) or check the inputs",
                 step,
             )
