@@ -28,3 +28,17 @@ def test_package_names_still_resolve_lazily():
         assert "no_such_name" in str(e)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+def test_an_interrupted_command_says_so_in_one_line_with_the_command_to_run(monkeypatch, capsys):
+    from comptune.cli import main
+    from comptune.corpus import datasets
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets, "dataset_texts", interrupted)  # the first thing tune reads
+    argv = ["tune", "--method", "lora", "--forget", "train.de", "--retain", "train.en", "--budget", "4", "--out", "/nonexistent/x"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "comptune tune: interrupted; nothing was written; run it again with: comptune " + " ".join(argv)

@@ -191,6 +191,37 @@ def test_killed_sweep_resumes_without_duplicates(assets, tmp_path):
         run_sweep(sweep_config(assets, seeds=[1]), out, log=lambda s: None)
 
 
+def test_ctrl_c_stops_a_parallel_sweep_in_one_line_and_its_workers_with_it(assets, tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: exit 130, one line saying what was
+    kept and the command that resumes, no traceback from the parent or the workers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(sweep_config(assets, train=dict(seq_len=16, retain_batch_size=2, patience=1000, max_steps=300)).model_dump(mode="json")))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "import sys; from comptune.cli import main; sys.exit(main())", "sweep", str(config), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((out / "runs.jsonl").exists() and (out / "runs.jsonl").read_text().strip()):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("comptune sweep: interrupted; every finished run is kept") and f"resume with: comptune sweep {config}" in last
+    for _ in range(40):  # the workers (and multiprocessing's resource tracker) exit within moments
+        left = subprocess.run(["pgrep", "-a", "-s", str(proc.pid)], capture_output=True, text=True).stdout.strip()
+        if not left:
+            break
+        time.sleep(0.25)
+    assert left == ""  # no worker left behind
+
+
 def test_sweep_grows_with_more_seeds(finished, tmp_path):
     """Adding seeds to a finished sweep trains only the new runs; the old rows stay as they were."""
     config, results = finished

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
+import signal
 import sys
 
 # Each module has `register(subparsers)` adding its sub-commands with `set_defaults(func=...)`.
@@ -43,16 +45,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    # imported only once a command runs: help and argument errors come without torch/transformers
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load drowns our own progress
     from pydantic import ValidationError
 
     from .config import describe_validation_error
 
+    # SIGTERM stops a command the way Ctrl-C does (loops with checkpoints handle both themselves)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        # imported only once a command runs: help and argument errors come without torch/transformers
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load drowns our own progress
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        kept = getattr(args, "kept_on_interrupt", None)
+        given = list(sys.argv[1:] if argv is None else argv)
+        again = shlex.join(["comptune", *given, *(a for a in getattr(args, "resume_args", []) if a not in given)])
+        note = f"{kept.format(**vars(args))}; resume with: {again}" if kept else f"nothing was written; run it again with: {again}"
+        print(f"comptune {args.command}: interrupted; {note}", file=sys.stderr)
+        return 130
     except ValidationError as e:
         print(f"comptune {args.command}: error: {describe_validation_error(e)}", file=sys.stderr)
         return 2
@@ -61,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"comptune {args.command}: error: {msg}", file=sys.stderr)
         return 2
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-len", type=int, default=128, help="tokens per block when tokenizing text")
     p.add_argument("--max-blocks", type=int, help="cap on training blocks")
     p.add_argument("--eval-blocks", type=int, default=32, help="cap on evaluation blocks")
-    p.set_defaults(func=_decompose)
+    p.set_defaults(func=_decompose, kept_on_interrupt="the last checkpoint in {out} is kept (none before the first)",
+                   resume_args=["--resume"])
 
     saved = sub.add_parser("decomposition", help="work with a saved decomposition").add_subparsers(dest="decomposition_command", metavar="COMMAND", required=True)
     r = saved.add_parser("report", help="quality figures (spec §6): CE target/unmasked/stochastic/CI-masked/rounded, L0, alive, PGD KL")

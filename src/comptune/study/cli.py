@@ -11,13 +11,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", type=Path, help="sweep YAML (SweepConfig fields; unknown keys are an error), e.g. configs/full.yaml")
     p.add_argument("--out", type=Path, help="results directory (default: results/<config name>); re-running resumes it, and a config with more seeds or budgets grows it")
     _workers_arg(p)
-    p.set_defaults(func=_sweep)
+    p.set_defaults(func=_sweep, kept_on_interrupt="every finished run is kept in its --out folder's runs.jsonl")
 
     p = sub.add_parser("demo", help="the case study on the bundled model: selection, a small sweep, then the report (~10 min)")
     p.add_argument("--full", action="store_true", help="the whole study instead (configs/full.yaml: budgets 2..2048, 9 seeds, the write-up's lr/alpha grid, patience 300 / ceiling 3000: 3240 runs, days on 2 cores; resumable)")
     p.add_argument("--out", type=Path, help="results directory (default: results/demo or results/full); re-running resumes it")
     _workers_arg(p)
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_demo, kept_on_interrupt="every finished run is kept in its results folder's runs.jsonl")
 
 
 def _workers_arg(p: argparse.ArgumentParser) -> None:

@@ -40,6 +40,7 @@ import json
 import math
 import multiprocessing
 import shutil
+import signal
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -274,11 +275,27 @@ def _init_worker(config: SweepConfig, base: dict, out_dir: Path) -> None:
     global _worker_state
     from transformers.utils import logging as hf_logging
 
+    # Ctrl-C reaches the whole process group: the parent reports it, the workers stay quiet; and a
+    # worker whose parent dies (even by SIGKILL) is terminated rather than left running
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _terminate_with_parent()
+
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per worker would interleave with the sweep's log
     torch.set_num_threads(1)  # N workers on N cores: more threads each would oversubscribe them
     # each worker loads its own inputs (deterministic from the config): a decomposition holds hooks
     # that do not pickle, and sending the model to every worker would cost as much as loading it
     _worker_state = (config, load_inputs(config), base, out_dir)
+
+
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM (default action: exit, no traceback) when the parent process dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown still ends the workers
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_in_worker(spec: RunSpec) -> dict:
