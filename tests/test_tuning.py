@@ -409,6 +409,9 @@ def test_neuron_scale_is_ia3_and_equals_component_scale_in_the_neuron_basis():
     with torch.no_grad():
         assert torch.allclose(cs(input_ids=ids).logits, tunable.model(input_ids=ids).logits, atol=1e-5)
     assert float(tunable.l1_penalty().detach()) == pytest.approx(sum(abs(s - 1) for s in scalars.values()), rel=1e-5)
+    attention = Selection(keys=["h.1.attn.o_proj:3"])  # a linear weight, but not an MLP's hidden units
+    with pytest.raises(ValueError, match=r"'h.1.attn.o_proj' is not one \(this model's: h.0.mlp.down_proj, h.1.mlp.down_proj\)"):
+        build_method("neuron_scale", tiny_model(), None, attention, config("neuron_scale", selection=attention))
 
 
 def test_lora_baselines_cover_the_right_matrices_and_start_as_the_base():

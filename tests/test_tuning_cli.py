@@ -74,6 +74,7 @@ def test_adapter_merge_and_export_reproduce_the_edit(files, tmp_path):
     out = tmp_path / "run"
     assert run(files, out, "--keys", "h.1.attn.v_proj:3", "h.1.attn.v_proj:5", "--decomposition", str(files / "dec"), "--lr", "0.3") == 0
     assert main(["adapter", "merge", str(out / "edit"), "--model", str(files / "model"), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").stat().st_mode & 0o777 == 0o644  # shareable, as every artifact
     assert main(["adapter", "export-lora", str(out / "edit"), "--model", str(files / "model"), "--out", str(tmp_path / "lora")]) == 0
     ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
     edited = load_adapter(out / "edit", ComptuneLMForCausalLM.from_pretrained(files / "model")).eval()

@@ -34,6 +34,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def share_files(directory: str | Path) -> None:
+    """Give files in `directory` that a library wrote owner-only (Hugging Face writes
+    model.safetensors as 0600) the permissions our own artifacts have (0644)."""
+    for f in Path(directory).rglob("*"):
+        if f.is_file() and f.stat().st_mode & 0o777 == 0o600:
+            os.chmod(f, 0o644)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from comptune._io import share_files
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 
 from .ci import CIConfig, build_ci_fn, dashed
@@ -656,6 +657,7 @@ def import_goodfire(
     out_dir = Path(out_dir)
     if target_origin.pop("built", False):
         model.save_pretrained(out_dir / "target")
+        share_files(out_dir / "target")
         target_origin["saved_to"] = "target"
     decomposition.provenance = {
         "source": "goodfire-torch",

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from .._io import load_safetensors, save_safetensors_atomic, versions, write_json_atomic
+from .._io import load_safetensors, save_safetensors_atomic, share_files, versions, write_json_atomic
 from .._signals import StopRequested
 from ..config import StrictConfig
 from ..corpus.datasets import mix_windows
@@ -169,6 +169,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
     model.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+    share_files(out_dir)
     write_json_atomic(out_dir / "pretrain_config.json", {"config": cfg.model_dump(mode="json"), "step": step, "versions": versions()})
     return model
 

@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _adapter(args) -> int:
+    from .._io import share_files
     from ..corpus.bundle import bundled_model_dir
     from ..model.loading import load_model_and_tokenizer
     from .component_scale import load_adapter
@@ -63,6 +64,7 @@ def _adapter(args) -> int:
         merged = edited.merge_and_unload()
         merged.save_pretrained(args.out)
         tokenizer.save_pretrained(args.out)
+        share_files(args.out)
         print(f"merged model written to {args.out}")
     else:
         edited.export_peft_lora(args.out)

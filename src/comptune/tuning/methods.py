@@ -25,10 +25,11 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
+from .._io import share_files
 from ..decomposition.components import linear_layout_weight, module_keys, module_kind, parse_component_key
 from .component_scale import ComponentScaleConfig, ComponentScaleModel, apply_component_scale
 from .config import TuneConfig
-from ..decomposition.bases import linear_module_paths, svd_components
+from ..decomposition.bases import default_neuron_modules, linear_module_paths, svd_components
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TunableModel:
             self.model.save_adapter(tmp)
         else:
             self.model.save_pretrained(str(tmp))
+            share_files(tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
         return out_dir
@@ -148,7 +150,11 @@ def _neuron_scale(model: nn.Module, selection) -> TunableModel:
     else:
         units = {path: None for path in selection.modules}  # None = every hidden unit
     paths = list(units)
-    _check_linear_modules(model, paths)
+    mlp_outputs = default_neuron_modules(model)
+    for path in paths:
+        if path not in mlp_outputs:
+            raise ValueError(f"neuron_scale scales the hidden units an MLP output projection reads; {path!r} is not one "
+                             f"(this model's: {', '.join(mlp_outputs)})")
     for path, js in units.items():
         d_hidden = linear_layout_weight(model.get_submodule(path)).shape[1]
         if js is not None and max(js) >= d_hidden:
