@@ -420,7 +420,7 @@ def plot_scan(report: dict, stem, top: int = 8) -> list:
                         ls="-" if side == "s<1" else ":", label=f"{c['key']} (best s={c['best_s']:.3g})" if side == "s<1" else None)
     ax.axvline(cfg["bound"], color="k", lw=0.8, ls="--")
     ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel(f"damage: CE increase on {cfg['reference']} (nats)")
+    ax.set_xlabel(f"damage: CE increase on {cfg['reference']} (nats; symlog scale, linear within ±0.01)")
     ax.set_ylabel(f"gain: CE increase on {cfg['target']} (nats)")
     ax.set_title(f"Dose scan, {cfg['basis']} basis (solid s<1, dotted s>1)", fontsize=10)
     ax.legend(fontsize=7)

@@ -18,8 +18,16 @@ from .._figures import save_figure  # noqa: E402
 MARKERS = "osD^vP*Xh<>"
 
 
-def _symlog_y(ax, linthresh: float) -> None:
-    """Symmetric log y axis (damage spans 0.001 … 10 nats, and can be negative) with plain tick labels."""
+def _symlog_label(label: str, linthresh: float) -> str:
+    # symlog ticks look like a log axis that admits 0: the label says which it is
+    return f"{label}\nsymlog scale: linear within ±{linthresh:g}"
+
+
+def _symlog_y(ax, linthresh: float, label: str | None) -> None:
+    """Symmetric log y axis (damage spans 0.001 … 10 nats, and can be negative) with plain tick
+    labels; `label` (None: set elsewhere) gets the scale's note."""
+    if label is not None:
+        ax.set_ylabel(_symlog_label(label, linthresh))
     ax.set_yscale("symlog", linthresh=linthresh)
     # 1-2-5 ticks per decade: a short range above linthresh (0.1 … 0.8) would otherwise get no label
     ax.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=linthresh, base=10, subs=(1.0, 2.0, 5.0)))
@@ -52,7 +60,7 @@ def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int], *, c
         ax.axvline(chance_gap, color="k", ls=":", lw=1)
         ax.axhline(max_damage, color="grey", ls="--", lw=0.8)
         ax.axhline(0, color="grey", lw=0.5)
-        _symlog_y(ax, 0.1)
+        _symlog_y(ax, 0.1, None)
         ax.set_title(f"budget {budget} forget tokens", fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(budgets):]:
@@ -60,7 +68,7 @@ def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int], *, c
     for ax in axes[-1]:
         ax.set_xlabel(f"{short_label(forget_label)} CE increase (nats)")
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"{short_label(retain_label)} CE increase (nats)")
+        ax.set_ylabel(_symlog_label(f"{short_label(retain_label)} CE increase (nats)", 0.1))
     handles, labels = axes.flat[0].get_legend_handles_labels()
     for ax in axes.flat[1 : len(budgets)]:  # a method may be missing from the first panel
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -90,8 +98,7 @@ def plot_budget_curves(table: list[dict], methods: list[str], *, chance_gap: flo
     left.set_ylabel(f"{short_label(forget_label)} CE increase (nats)")
     right.axhline(max_damage, color="grey", ls="--", lw=0.8)
     right.axhline(0, color="grey", lw=0.5)
-    _symlog_y(right, 0.1)
-    right.set_ylabel(f"{short_label(retain_label)} CE increase (nats)")
+    _symlog_y(right, 0.1, f"{short_label(retain_label)} CE increase (nats)")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("budget (forget tokens)")
@@ -115,9 +122,8 @@ def plot_off_target(rows: list[dict], methods: list[str], datasets: list[str], *
             xs = [i - 0.4 + width * (j + 0.5)] * len(ys)
             ax.scatter(xs, ys, s=18, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.8, label=m if i == 0 else None, edgecolors="none")
     ax.axhline(0, color="grey", lw=0.5)
-    _symlog_y(ax, 0.1)
+    _symlog_y(ax, 0.1, "CE increase over base (nats)")
     ax.set_xticks(range(len(datasets)), [short_label(d) for d in datasets], rotation=30, ha="right")
-    ax.set_ylabel("CE increase over base (nats)")
     ax.set_title(f"off-target CE increase at budget {budget}, one point per seed", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(len(methods), 4), frameon=False)
@@ -141,7 +147,7 @@ def plot_scalars(rows: list[dict], methods: list[str], budgets: list[int], *, st
             first = False
     # always show both regimes: s < 0 (inverting) and s > 1 (amplifying)
     lo, hi = min(values + [-1.0]) * 1.3, max(values + [2.0]) * 1.3
-    _symlog_y(ax, 1.0)
+    _symlog_y(ax, 1.0, "learned scalar s (1 = unchanged)")
     ax.set_ylim(lo, hi)
     ax.axhspan(lo, 0, color="tab:blue", alpha=0.07, lw=0)
     ax.axhspan(1, hi, color="tab:red", alpha=0.07, lw=0)
@@ -151,7 +157,6 @@ def plot_scalars(rows: list[dict], methods: list[str], budgets: list[int], *, st
     ax.text(1.01, 0.98, "amplifying (s > 1)", transform=ax.transAxes, fontsize=8, color="tab:red", va="top")
     ax.set_xticks(range(len(budgets)), [str(b) for b in budgets])
     ax.set_xlabel("budget (forget tokens)")
-    ax.set_ylabel("learned scalar s (1 = unchanged)")
     ax.set_title("learned scalars of the chosen runs", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,7 +295,7 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
                 n_runs = sum(1 for r in rows if r["method"] == m and r["budget"] == b)
                 inv = sum(v < 0 for v in vals)
                 amp = sum(v > 1 for v in vals)
-                L.append(f"| {m} | {b} | {n_runs} | {len(vals)} | {inv} | {len(vals) - inv - amp} | {amp} | {vals[len(vals) // 2]:+.3g} |")
+                L.append(f"| {m} | {b} | {n_runs} | {len(vals)} | {inv} | {len(vals) - inv - amp} | {amp} | {statistics.median(vals):+.3g} |")
 
     if rollout_rows:
         L += ["", f"## Rollouts (greedy, {cfg.rollout.max_new_tokens} new tokens)", "",
