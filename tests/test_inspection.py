@@ -69,9 +69,21 @@ def test_examples_and_pmi(decomposition, monkeypatch):
     rep = inspect_components(decomposition, _CharTokenizer(), _data(), ["h.0.attn.v_proj:0"], n_examples=3, min_count=2)
     r = rep["h.0.attn.v_proj:0"]
     assert r["fires"] == {"de": 4, "it": 4}
-    assert len(r["examples"]) == 3 and all(f"⟦<{FIRE_TOKEN}>⟧" in ex["text"] and ex["ci"] == pytest.approx(0.9) for ex in r["examples"])
+    # examples per dataset, in the datasets' order: English shows none, German and Italian three each
+    assert list(r["examples"]) == ["de", "en", "it"] and [len(v) for v in r["examples"].values()] == [3, 0, 3]
+    assert all(f"⟦<{FIRE_TOKEN}>⟧" in ex["text"] and ex["ci"] == pytest.approx(0.9) for v in r["examples"].values() for ex in v)
     assert r["input_pmi"][0]["token"] == f"<{FIRE_TOKEN}>" and r["input_pmi"][0]["pmi"] > 0
     assert r["output_pmi"][0]["token"] == f"<{NEXT_TOKEN}>"
+
+
+def test_pmi_ties_are_ranked_by_count():
+    from collections import Counter
+
+    from comptune.inspection.examples import _pmi
+
+    fired = Counter({1: 5, 2: 2, 3: 3})  # every token seen only when firing: the same PMI for all
+    rows = _pmi(fired, Counter(fired) + Counter({4: 90}), 100, _CharTokenizer(), top=3, min_count=1)
+    assert [r["count"] for r in rows] == [5, 3, 2] and len({r["pmi"] for r in rows}) == 1
 
 
 def test_bad_keys_name_the_valid_range(decomposition):

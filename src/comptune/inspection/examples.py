@@ -44,10 +44,13 @@ def inspect_components(
     min_count: int = 3,
     batch_size: int = 8,
 ) -> dict[str, dict]:
-    """Per key: top activating examples (firing token marked ⟦…⟧ with its CI), firing counts per
-    dataset, and input/output-token PMI lists (tokens seen at least `min_count` times when firing)."""
+    """Per key: the top `n_examples` activating examples of each dataset, in the datasets' order
+    (firing token marked ⟦…⟧ with its CI; per dataset, so a subcomponent ranked for German shows
+    German examples even where it fires harder elsewhere), firing counts per dataset, and
+    input/output-token PMI lists (tokens seen at least `min_count` times when firing; equal PMI
+    ranked by count)."""
     parsed = _parsed_keys(decomposition, keys)
-    heaps: dict[str, list] = {k: [] for k in keys}
+    heaps: dict[str, dict[str, list]] = {k: {name: [] for name in datasets} for k in keys}
     fire_in = {k: Counter() for k in keys}
     fire_out = {k: Counter() for k in keys}
     fires = {k: Counter() for k in keys}
@@ -68,22 +71,25 @@ def inspect_components(
                     fire_in[key][int(batch[b, t])] += 1
                     if t + 1 < batch.shape[1]:
                         fire_out[key][int(batch[b, t + 1])] += 1
-                    item = (float(c[b, t]), counter, name, batch[b], t)
+                    item = (float(c[b, t]), counter, batch[b], t)
                     counter += 1
-                    if len(heaps[key]) < n_examples:
-                        heapq.heappush(heaps[key], item)
+                    heap = heaps[key][name]
+                    if len(heap) < n_examples:
+                        heapq.heappush(heap, item)
                     else:
-                        heapq.heappushpop(heaps[key], item)
+                        heapq.heappushpop(heap, item)
     n_in, n_out = sum(all_in.values()), sum(all_out.values())
     reports = {}
     for key in keys:
-        examples = []
-        for value, _, name, row, t in sorted(heaps[key], key=lambda it: -it[0]):
-            lo, hi = max(0, t - window), min(len(row), t + window // 3 + 1)
-            left = tokenizer.decode(row[lo:t].tolist())
-            tok = tokenizer.decode(row[t : t + 1].tolist())
-            right = tokenizer.decode(row[t + 1 : hi].tolist())
-            examples.append({"dataset": name, "ci": round(value, 4), "text": f"{left}⟦{tok}⟧{right}", "token": tok})
+        examples = {}
+        for name, heap in heaps[key].items():
+            examples[name] = []
+            for value, _, row, t in sorted(heap, key=lambda it: -it[0]):
+                lo, hi = max(0, t - window), min(len(row), t + window // 3 + 1)
+                left = tokenizer.decode(row[lo:t].tolist())
+                tok = tokenizer.decode(row[t : t + 1].tolist())
+                right = tokenizer.decode(row[t + 1 : hi].tolist())
+                examples[name].append({"ci": round(value, 4), "text": f"{left}⟦{tok}⟧{right}", "token": tok})
         reports[key] = {
             "fires": dict(fires[key]),
             "examples": examples,
@@ -101,7 +107,7 @@ def _pmi(fired: Counter, overall: Counter, n_overall: int, tokenizer, top: int, 
         (math.log((c / n_fired) / (overall[tok] / n_overall)), tok, c)
         for tok, c in fired.items() if c >= min_count
     ]
-    rows.sort(reverse=True)
+    rows.sort(key=lambda r: (r[0], r[2]), reverse=True)  # tokens seen only when firing tie on PMI: more often first
     return [{"token": tokenizer.decode([tok]), "pmi": round(p, 3), "count": c} for p, tok, c in rows[:top]]
 
 

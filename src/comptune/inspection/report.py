@@ -24,6 +24,7 @@ def inspection_report(
         raise ValueError(f"target {target!r} must be one of --datasets {datasets}")
     model, tokenizer = load_model_and_tokenizer(model_dir or bundled_model_dir())
     decomposition = Decomposition.load(decomposition_dir or bundled_decomposition_dir(), model)
+    datasets = [target, *(d for d in datasets if d != target)]  # the target's examples come first
     blocks = {d: dataset_blocks(d, tokenizer, block_len, max_blocks=n_blocks) for d in datasets}
     stats = component_stats(decomposition, blocks, threshold=threshold)
     if criterion == "difference":
@@ -60,7 +61,8 @@ def render_text(report: dict) -> str:
         if d["write_vector"]:
             lines.append("  write vector promotes:  " + ", ".join(repr(t["token"]) for t in d["write_vector"]["promoted"][:8]))
             lines.append("  write vector suppresses: " + ", ".join(repr(t["token"]) for t in d["write_vector"]["suppressed"][:8]))
-        for ex in d["examples"][:5]:
-            text = ex["text"].replace("\n", "⏎")
-            lines.append(f"    [{ex['dataset']} ci={ex['ci']:.2f}] {text}")
+        for name, examples in d["examples"].items():
+            for ex in examples[:3]:
+                text = ex["text"].replace("\n", "⏎")
+                lines.append(f"    [{name} ci={ex['ci']:.2f}] {text}")
     return "\n".join(lines)
