@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 import torch
 
 from comptune.evaluation.rollouts import rollouts
@@ -91,6 +92,11 @@ def test_report_refuses_an_unfinished_sweep(assets, tmp_path):  # noqa: F811
 
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep_config(assets, methods=[dict(name="lora_r1", method="lora", lrs=[0.01])], budgets=[4]), out, on_run_done=kill, log=lambda s: None)
-    with pytest.raises(FileNotFoundError, match="has not finished"):
+    with pytest.raises(FileNotFoundError, match=rf"has not finished .*run `comptune sweep CONFIG --out {out}` again"):
         make_report(out, log=lambda s: None)
     assert not (out / "report").exists()
+    # a demo's folder names the command the user ran
+    saved = yaml.safe_load((out / "sweep_config.yaml").read_text())
+    (out / "sweep_config.yaml").write_text(yaml.safe_dump(saved | {"name": "demo"}))
+    with pytest.raises(FileNotFoundError, match=rf"run `comptune demo --out {out}` again to complete it"):
+        make_report(out, log=lambda s: None)

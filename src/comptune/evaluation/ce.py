@@ -124,7 +124,7 @@ def _check_ids(name: str, blocks: torch.Tensor, vocab_size: int) -> None:
 
 
 def evaluate_ce(model, datasets: dict[str, torch.Tensor], *, batch_size: int = 16,
-                device: str | torch.device | None = None) -> EvalResult:
+                device: str | torch.device | None = None, progress: bool = False) -> EvalResult:
     """Mean held-out CE of `model` on each dataset of token blocks (LongTensor [N, T], T ≥ 2).
 
     `device` defaults to the model's; if given, the model is moved there. The model is put in eval
@@ -152,6 +152,11 @@ def evaluate_ce(model, datasets: dict[str, torch.Tensor], *, batch_size: int = 1
     vocab_size = None
     forward_tokens = 0
     start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(-(-len(b) // batch_size) for b in datasets.values()), desc="eval batches", unit="batch")
     try:
         with torch.inference_mode():
             for name, blocks in datasets.items():
@@ -172,11 +177,15 @@ def evaluate_ce(model, datasets: dict[str, torch.Tensor], *, batch_size: int = 1
                     nll = F.cross_entropy(logits.reshape(-1, V).float(), targets.view(-1), ignore_index=-100, reduction="sum")
                     nll_sum += nll.item()
                     forward_tokens += x.numel()
+                    if bar is not None:
+                        bar.update(1)
                 n_pred = N * (T - 1)
                 rows[name] = DatasetCE(name=name, ce=nll_sum / n_pred, tokens=n_pred, sequences=N, block_len=T,
                                        unigram_entropy=unigram_entropy(blocks[:, 1:]))
     finally:
         model.train(was_training)
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - start
     config = {"batch_size": batch_size, "device": str(device), "dtype": str(params.dtype) if params is not None else None}
     return EvalResult(datasets=rows, vocab_size=vocab_size, seconds=seconds, forward_tokens=forward_tokens, config=config)

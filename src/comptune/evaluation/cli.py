@@ -57,7 +57,7 @@ def _eval(args) -> int:
         batch_size=args.batch_size, device=args.device, text_column=args.text_column, lang_column=args.lang_column,
         lang=args.lang, split=args.split, subset=args.subset,
     )
-    result = run_eval(cfg)
+    result = run_eval(cfg, progress=True)
     print(result.table())
     if args.json:
         result.save_json(args.json)

@@ -3,6 +3,7 @@ rollout` run, usable from a notebook as well."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from pydantic import Field
@@ -55,8 +56,9 @@ def context_length(model) -> int | None:
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
-def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None) -> EvalResult:
-    """Evaluate `cfg.model` (or an already loaded `model` + `tokenizer`) on `cfg.data`."""
+def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None, progress: bool = False) -> EvalResult:
+    """Evaluate `cfg.model` (or an already loaded `model` + `tokenizer`) on `cfg.data`; `progress`
+    reports each dataset as it is read and a bar over the evaluation (stderr)."""
     from ..corpus.bundle import DEFAULT_EVAL_DATASETS, bundled_model_dir
     from ..corpus.datasets import dataset_texts
     from ..corpus.loading import blocks_from_stream, token_stream
@@ -82,8 +84,10 @@ def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None) -> EvalResult:
                               split=cfg.split, subset=cfg.subset)
         stream = token_stream(tokenizer, texts)
         blocks[spec] = blocks_from_stream(stream, block_len, max_blocks=cfg.max_blocks)
+        if progress:
+            print(f"eval: {spec}: {len(blocks[spec])} blocks of {block_len} tokens", file=sys.stderr)
         tokens_per_char[spec] = len(stream) / sum(len(t) for t in texts)
-    result = evaluate_ce(model, blocks, batch_size=cfg.batch_size, device=cfg.device)
+    result = evaluate_ce(model, blocks, batch_size=cfg.batch_size, device=cfg.device, progress=progress)
     for spec, ratio in tokens_per_char.items():
         result.datasets[spec].tokens_per_char = ratio
     # the config as run: defaults resolved, plus what evaluate_ce measured it on (device, dtype)

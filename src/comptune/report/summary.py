@@ -52,7 +52,9 @@ def load_results(results_dir: str | Path) -> SweepResults:
     if not (d / "sweep_config.yaml").is_file():
         raise FileNotFoundError(f"{d} is not a sweep directory (no sweep_config.yaml); run `comptune sweep CONFIG --out {d}` first")
     if not (d / "results.jsonl").is_file():
-        raise FileNotFoundError(f"the sweep in {d} has not finished (no results.jsonl); re-run the same `comptune sweep` to complete it")
+        name = yaml.safe_load((d / "sweep_config.yaml").read_text()).get("name")
+        again = f"comptune demo{' --full' if name == 'full' else ''} --out {d}" if name in ("demo", "full") else f"comptune sweep CONFIG --out {d}"
+        raise FileNotFoundError(f"the sweep in {d} has not finished (no results.jsonl); run `{again}` again to complete it (it resumes)")
     config = SweepConfig.model_validate(yaml.safe_load((d / "sweep_config.yaml").read_text()))
     rows = read_jsonl(d / "results.jsonl")
     if not rows:
