@@ -15,7 +15,8 @@ from comptune.decomposition import CIConfig, Decomposition
 from comptune.evaluation.ce import evaluate_ce
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 from comptune.study.config import Scoring, SweepConfig
-from comptune.study.sweep import choose_settings, load_edit, load_inputs, run_sweep
+from comptune.study.sweep import choose_settings, load_inputs, run_sweep
+from comptune.tuning.edits import load_edit
 from comptune.tokenizer import train_tokenizer
 
 torch.set_num_threads(1)
@@ -303,7 +304,7 @@ def test_a_failed_start_leaves_nothing_that_refuses_its_fix(assets, tmp_path):
 
 def test_presets_load_and_agree():
     """`comptune demo` and `comptune demo --full` read configs/*.yaml; full is the write-up's protocol."""
-    from comptune.study.demo import configs_dir, preset_config
+    from comptune.demo import configs_dir, preset_config
 
     demo, full = preset_config(False), preset_config(True)
     assert full.budgets == [2, 4, 8, 16, 32, 64, 128, 512, 2048] and len(full.seeds) == 9
@@ -370,7 +371,7 @@ def test_selection_by_scan_on_validation_data(assets):
     from comptune.decomposition.bases import neuron_components
     from comptune.inspection.scan import DoseScanner, dose_scan
     from comptune.study.selection import resolve_selections
-    from comptune.study.sweep import sample_blocks
+    from comptune.corpus.datasets import sample_blocks
 
     config = sweep_config(assets, methods=[
         dict(name="single", method="component_scale", select=dict(rank="scan", top=1, candidates=2), lrs=[0.1]),

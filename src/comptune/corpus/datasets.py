@@ -45,3 +45,32 @@ def mix_windows(streams: dict[str, torch.Tensor], mix: dict[str, float], n: int,
         start = int(torch.randint(0, len(s) - length + 1, (1,), generator=gen))
         rows.append(s[start : start + length])
     return torch.stack(rows)
+
+
+# generous: BPE averages 3–5 characters per token, so this always yields max_blocks full blocks
+_CHARS_PER_TOKEN_BOUND = 16
+
+
+def sample_blocks(name: str, tokenizer, block_len: int, max_blocks: int) -> torch.Tensor:
+    """[≤ max_blocks, block_len] blocks of a dataset, tokenizing only a spread-out sample of its text.
+
+    The bundled training splits hold tens of MB of text; tokenizing all of it to keep a few dozen
+    blocks would dominate a sweep's start-up. Documents are taken with a stride through the whole
+    dataset until about `max_blocks · block_len · 16` characters are collected."""
+    from .loading import tokenize_to_blocks
+
+    texts = dataset_texts(name)
+    want = max_blocks * block_len * _CHARS_PER_TOKEN_BOUND
+    total = sum(len(t) for t in texts)
+    if total > want:
+        picked, n = [], 0
+        for t in texts[:: max(1, total // want)]:
+            picked.append(t[: want - n])
+            n += len(picked[-1])
+            if n >= want:
+                break
+        texts = picked
+    try:
+        return tokenize_to_blocks(tokenizer, texts, block_len, max_blocks=max_blocks)
+    except ValueError as e:
+        raise ValueError(f"dataset {name!r}: {e}") from None

@@ -176,7 +176,7 @@ def _rollouts(res: SweepResults, out: Path, log) -> list[dict] | None:
     """Greedy continuations of the config's prompts by the base model and each picked edit."""
     from ..evaluation.rollouts import rollouts
     from ..model.loading import load_model_and_tokenizer
-    from ..study.sweep import load_edit
+    from ..tuning.edits import load_edit
 
     picks = rollout_picks(res)
     if not picks:

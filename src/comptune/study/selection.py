@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .. import inspection
+from ..corpus.datasets import sample_blocks
 from ..decomposition.bases import default_neuron_modules, linear_module_paths, neuron_components, svd_components
 from ..decomposition.components import Components, parse_component_key, validate_keys
 from ..tuning import Selection
@@ -44,8 +45,6 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
     """{method name: {"selection": Selection dump, "ranking": [[key, score], ...] | None, "criterion": str}}.
 
     Statistics are computed once per basis and only if some method ranks in it."""
-    from .sweep import sample_blocks
-
     sd = config.selection_data
     names = list(dict.fromkeys([sd.target, sd.reference, *sd.protected]))
     blocks: dict[str, torch.Tensor] | None = None
@@ -125,7 +124,6 @@ def _select_by_scan(config: SweepConfig, spec: MethodSpec, model: nn.Module, tok
     """`rank: scan`: candidates from every ranking on the selection data, chosen by their dose scan on
     the validation pair (config validation keeps those out of the evaluation sets)."""
     from ..inspection.scan import DoseScanner, candidate_rankings, dose_scan, pool_candidates
-    from .sweep import sample_blocks
 
     sd, sc, sel = config.selection_data, config.scoring, spec.select
     basis = _basis(spec, model, decomposition, modules)

@@ -53,8 +53,11 @@ import torch.nn as nn
 import yaml
 
 from .._io import append_jsonl, read_jsonl, versions, write_json_atomic, write_text_atomic
+from ..corpus.datasets import sample_blocks
 from ..tuning import NonFiniteLossError, Selection, TuneConfig, take_budget, tune
+from ..tuning.edits import edited_lm
 from .config import LORA_METHODS, SweepConfig
+from .selection import resolve_selections
 
 Log = Callable[[str], None]
 
@@ -128,36 +131,6 @@ def load_inputs(config: SweepConfig) -> StudyInputs:
         eval_blocks[name] = sample_blocks(name, tokenizer, e.block_len, e.max_blocks)
     vocab_size = model.get_output_embeddings().weight.shape[0]
     return StudyInputs(model, tokenizer, decomposition, forget_stream, retain_stream, eval_blocks, vocab_size)
-
-
-# generous: BPE averages 3–5 characters per token, so this always yields max_blocks full blocks
-_CHARS_PER_TOKEN_BOUND = 16
-
-
-def sample_blocks(name: str, tokenizer, block_len: int, max_blocks: int) -> torch.Tensor:
-    """[≤ max_blocks, block_len] blocks of a dataset, tokenizing only a spread-out sample of its text.
-
-    The bundled training splits hold tens of MB of text; tokenizing all of it to keep a few dozen
-    blocks would dominate a sweep's start-up. Documents are taken with a stride through the whole
-    dataset until about `max_blocks · block_len · 16` characters are collected."""
-    from ..corpus.datasets import dataset_texts
-    from ..corpus.loading import tokenize_to_blocks
-
-    texts = dataset_texts(name)
-    want = max_blocks * block_len * _CHARS_PER_TOKEN_BOUND
-    total = sum(len(t) for t in texts)
-    if total > want:
-        picked, n = [], 0
-        for t in texts[:: max(1, total // want)]:
-            picked.append(t[: want - n])
-            n += len(picked[-1])
-            if n >= want:
-                break
-        texts = picked
-    try:
-        return tokenize_to_blocks(tokenizer, texts, block_len, max_blocks=max_blocks)
-    except ValueError as e:
-        raise ValueError(f"dataset {name!r}: {e}") from None
 
 
 def plan_runs(config: SweepConfig, selections: dict[str, dict]) -> list[RunSpec]:
@@ -425,33 +398,6 @@ def _subsample(values: list[float], n: int) -> list[list[float]]:
     return [[i, values[i]] for i in steps]
 
 
-def edited_lm(net: nn.Module) -> nn.Module:
-    """The edited causal LM itself (has `.config` and `generate`): a ComponentScaleModel swaps its
-    layers into the wrapped model in place; a PeftModel is one already."""
-    from ..tuning import ComponentScaleModel
-
-    return net.model if isinstance(net, ComponentScaleModel) else net
-
-
-def load_edit(edit_dir: str | Path, base_model: nn.Module, decomposition=None) -> nn.Module:
-    """Re-apply a saved edit to `base_model` (in place) and return the edited HF model (it has
-    `generate`): the model with ComponentScale layers swapped in, or the PeftModel."""
-    from ..tuning import load_adapter
-
-    edit_dir = Path(edit_dir)
-    cfg = edit_dir / "adapter_config.json"
-    if not cfg.is_file():
-        raise FileNotFoundError(f"{edit_dir} holds no saved edit (no adapter_config.json)")
-    if json.loads(cfg.read_text()).get("format") == "comptune-component-scale":
-        return edited_lm(load_adapter(edit_dir, base_model, decomposition))
-    from peft import PeftModel
-
-    from ..tuning.methods import peft_quietly
-
-    with peft_quietly():
-        return PeftModel.from_pretrained(base_model, str(edit_dir)).eval()
-
-
 # --------------------------------------------------------------------------- bookkeeping
 GROWABLE = ("seeds", "budgets")  # config fields a sweep may extend in place (see "Growing")
 
@@ -547,8 +493,6 @@ def _base_ce(config: SweepConfig, inputs: StudyInputs, out_dir: Path, log: Log) 
 
 
 def _selections(config: SweepConfig, inputs: StudyInputs, out_dir: Path, log: Log) -> dict[str, dict]:
-    from .selection import resolve_selections
-
     path = out_dir / "selection.json"
     if path.exists():
         return json.loads(path.read_text())["methods"]

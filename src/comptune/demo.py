@@ -1,4 +1,5 @@
-"""`comptune demo`: the case study end to end on the bundled model and decomposition.
+"""`comptune demo`: the case study end to end on the bundled model and decomposition; above both
+the study (the sweep) and the report, which it runs one after the other.
 
 The presets are the YAML files `configs/demo.yaml` (a few budgets, 2 seeds, ~10 minutes on two
 cores) and `configs/full.yaml` (the write-up's protocol); `comptune demo --full` is exactly
@@ -7,15 +8,17 @@ cores) and `configs/full.yaml` (the write-up's protocol); `comptune demo --full`
 
 from __future__ import annotations
 
+import argparse
+import os
 import time
 from pathlib import Path
 
-from .config import SweepConfig
+from .study.config import SweepConfig
 
 
 def configs_dir() -> Path:
     """`configs/` at the root of the source tree (beside `src/`)."""
-    return Path(__file__).resolve().parents[3] / "configs"
+    return Path(__file__).resolve().parents[2] / "configs"
 
 
 def preset_config(full: bool = False) -> SweepConfig:
@@ -27,8 +30,8 @@ def preset_config(full: bool = False) -> SweepConfig:
 
 def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int = 1, log=print) -> Path:
     """Selection → sweep → report on the bundled model; returns the report's summary.md."""
-    from ..report import make_report
-    from .sweep import run_sweep
+    from .report import make_report
+    from .study.sweep import run_sweep
 
     config = preset_config(full)
     out = Path(out_dir) if out_dir is not None else Path("results") / config.name
@@ -42,3 +45,20 @@ def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int
     summary = make_report(out, log=log)
     log(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; summary: {summary}")
     return summary
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the case study on the bundled model: selection, a small sweep, then the report (~10 min)")
+    p.add_argument("--full", action="store_true", help="the whole study instead (configs/full.yaml: budgets 2..2048, 9 seeds, the write-up's lr/alpha grid, patience 300 / ceiling 3000: 3240 runs, days on 2 cores; resumable)")
+    p.add_argument("--out", type=Path, help="results directory (default: results/demo or results/full); re-running resumes it")
+    p.add_argument("--workers", type=int, default=_cores(), help=f"runs at a time, each in its own process with one torch thread; default: the cores this process may use ({_cores()} here)")
+    p.set_defaults(func=_demo, kept_on_interrupt="every finished run is kept in its results folder's runs.jsonl")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _demo(args) -> int:
+    run_demo(full=args.full, out_dir=args.out, workers=args.workers)
+    return 0
