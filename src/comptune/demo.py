@@ -39,7 +39,8 @@ def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int
         if path is not None and not path.is_dir():
             raise FileNotFoundError(f"the bundled {what} is missing at {path}; build it (`comptune pretrain` / `comptune decompose`) or restore data/")
     log(f"comptune demo{' --full' if full else ''}: {len(config.methods)} methods ({', '.join(m.name for m in config.methods)}), "
-        f"budgets {config.budgets}, seeds {config.seeds}, {config.n_runs()} runs → {out}")
+        f"budgets {config.budgets}, seeds {config.seeds}, {config.n_runs()} runs on {workers} worker{'s' * (workers > 1)} → {out}; "
+        f"after the selection, each finished run prints the remaining time")
     t0 = time.perf_counter()
     run_sweep(config, out, workers=workers, log=log)
     summary = make_report(out, log=log)

@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -275,6 +276,8 @@ def decompose(
         step = 0
     else:
         basis_init(decomposition, config.init)
+        if rank == 0 and config.faithfulness_warmup_steps:
+            print(f"decompose: faithfulness warm-up, {config.faithfulness_warmup_steps} steps (components only, no model forward)", file=sys.stderr)
         _faithfulness_warmup(decomposition, config)
         step = 0
 
@@ -298,6 +301,9 @@ def decompose(
 
     evaluate = eval_blocks is not None and config.reconstruction == "kl"
     t0, start_step = time.time(), step
+    if rank == 0:
+        print(f"decompose: steps {step}..{config.steps} of batch {config.batch_size}; the bar's estimate after its first "
+              f"steps is the run's expected duration; stop any time (Ctrl-C) and resume with --resume", file=sys.stderr)
     bar = tqdm(total=config.steps, initial=step, desc="decompose", dynamic_ncols=True, disable=rank != 0)
     stopped = False
     with StopRequested() as stop:
