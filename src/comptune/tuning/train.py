@@ -171,8 +171,9 @@ def tune(
 ) -> tuple[TunableModel, TuneResult]:
     """Build `config.method` on `model` (in place) and train it; returns the trained method and the result.
 
-    forget_stream / retain_stream: 1-D token-id tensors. On a non-finite loss, training stops, the
-    parameters of the last finite step are restored and NonFiniteLossError is raised.
+    forget_stream / retain_stream: 1-D token-id tensors. When training diverges (a non-finite loss,
+    or the retain KL or a scalar past its bound), it stops, the parameters of the last good step are
+    restored and NonFiniteLossError is raised.
     `cache_prefix=False` runs every pass through the whole model (the same losses, slower).
     """
     n_ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
