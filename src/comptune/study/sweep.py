@@ -231,7 +231,7 @@ def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base
     """Rows of the runs in `todo` as they finish: here, or in a pool of `workers` processes."""
     if workers == 1 or len(todo) <= 1:
         for spec in todo:
-            yield _run_one(config, spec, inputs, base, out_dir)
+            yield _run_one(config, spec, inputs, base, out_dir, progress=True)  # one run at a time: its own bar
         return
     # spawn, not fork: forking after torch has started its thread pools can deadlock the child
     ctx = multiprocessing.get_context("spawn")
@@ -331,7 +331,7 @@ def choose_settings(rows: list[dict], scoring) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- one run
-def _run_one(config: SweepConfig, spec: RunSpec, inputs: StudyInputs, base: dict, out_dir: Path) -> dict:
+def _run_one(config: SweepConfig, spec: RunSpec, inputs: StudyInputs, base: dict, out_dir: Path, progress: bool = False) -> dict:
     from ..evaluation.ce import evaluate_ce
 
     cfg = spec.tune_config
@@ -342,7 +342,8 @@ def _run_one(config: SweepConfig, spec: RunSpec, inputs: StudyInputs, base: dict
     }
     model = copy.deepcopy(inputs.model)  # a fresh base model: no state leaks between runs
     try:
-        tunable, result = tune(cfg, model, inputs.forget_stream, inputs.retain_stream, inputs.decomposition, decomposition_dir=config.decomposition_dir())
+        tunable, result = tune(cfg, model, inputs.forget_stream, inputs.retain_stream, inputs.decomposition,
+                               decomposition_dir=config.decomposition_dir(), progress=progress)
     except NonFiniteLossError as e:
         return {**row, "status": "non_finite", "error": str(e), "steps": e.step, "versions": versions()}
     edit_dir = tunable.save(out_dir / "edits" / spec.run_id)

@@ -207,7 +207,7 @@ def tune(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.max_steps, desc=f"{config.method} budget={config.budget} seed={config.seed}")
+        bar = tqdm(total=config.max_steps, desc=f"{config.method} budget={config.budget} seed={config.seed}", leave=False)
     for step in range(config.max_steps):
         if config.forget_batch_size is None or config.forget_batch_size >= len(forget_ids):
             pick = None
