@@ -116,3 +116,12 @@ def test_report_by_dataset_and_task_bar_then_init_from(files, tmp_path, capsys):
 
     assert main(["decompose", *base, "--out", str(tmp_path / "cont"), "--init-from", str(out)]) == 0
     assert json.loads((tmp_path / "cont" / "decomposition.json").read_text())["provenance"]["init_from"]["path"] == str(out)
+
+
+def test_decompose_config_files_may_extend_each_other(tmp_path):
+    from comptune.decomposition.cli import _load_config
+
+    (tmp_path / "base.yaml").write_text("steps: 7\nlr: 0.002\nci: {n_blocks: 1}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nlr: 0.003\n")
+    config = _load_config("small", tmp_path / "child.yaml")
+    assert (config.steps, config.lr, config.ci.n_blocks) == (7, 0.003, 1)

@@ -164,9 +164,13 @@ def test_killed_sweep_resumes_without_duplicates(assets, tmp_path):
         if len(first) == 3:
             raise KeyboardInterrupt("killed")
 
+    logged = []
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, out, on_run_done=kill_after_three, log=lambda s: None)
+        run_sweep(config, out, on_run_done=kill_after_three, log=logged.append)
     assert len(read_rows(out / "runs.jsonl")) == 3
+    # the expected duration comes before the first run
+    expected = next(i for i, line in enumerate(logged) if line.startswith("expected: at most "))
+    assert expected < next(i for i, line in enumerate(logged) if line.startswith("[1/"))
     assert not (out / "results.jsonl").exists()
     # a writer killed mid-line leaves a partial trailing line; it is neither read nor kept
     with open(out / "runs.jsonl", "a") as f:

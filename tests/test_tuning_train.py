@@ -295,6 +295,16 @@ def test_divergence_stops_with_the_last_good_parameters_and_overflowing_lrs_are_
         scale_config(lr=1e300)
 
 
+def test_tune_leaves_the_callers_global_rng_alone(make_model):
+    forget, retain = streams()
+    model = make_model()  # building a model draws from the global RNG; tuning it must not
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    tune(TuneConfig(method="lora", budget=8, lr=0.01, seq_len=16, retain_batch_size=2, max_steps=2), model, forget, retain)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_bad_input_errors(make_model):
     forget, retain = streams()
     with pytest.raises(ValueError, match="retain set is empty"):

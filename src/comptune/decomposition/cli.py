@@ -100,17 +100,12 @@ def load_blocks(data: str, tokenizer, block_len: int, max_blocks: int | None):
 
 
 def _load_config(preset: str, path: Path | None):
-    import yaml
-
+    from ..config import read_config_file
     from .train import DecomposeConfig
 
     base = DecomposeConfig.preset(preset).model_dump()
     if path is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        overrides = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(overrides, dict):
-            raise ValueError(f"config file {path} must hold a mapping of DecomposeConfig fields")
+        overrides = read_config_file(path)  # the shared reader: `extends:` works here too
         if isinstance(overrides.get("ci"), dict):  # a partial `ci:` refines the preset's CI function
             overrides["ci"] = {**base["ci"], **overrides["ci"]}
         base.update(overrides)

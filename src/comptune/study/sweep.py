@@ -209,6 +209,9 @@ def run_sweep(
         done = {r["run_id"] for r in read_jsonl(runs_path)}
         todo = [r for r in runs if r.run_id not in done]
         log(f"sweep {config.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run → {out_dir}")
+        if todo:
+            log(f"expected: at most {expected_minutes(todo, inputs, workers):.0f} min on {workers} worker{'s' * (workers > 1)} "
+                "(every run at its step ceiling, step times measured here now; runs that plateau end sooner)")
         groups: dict[tuple, list[str]] = defaultdict(list)
         for r in runs:
             groups[r.group].append(r.run_id)
@@ -225,6 +228,29 @@ def run_sweep(
             if on_run_done is not None:
                 on_run_done(row)
         return finalize(config, out_dir)
+
+
+def expected_minutes(todo: list[RunSpec], inputs: StudyInputs, workers: int, probe_steps: int = 3) -> float:
+    """An upper bound on the wall time of `todo`: per method, a few training steps of its first run
+    are timed here (one thread, as each worker has), times every run's step ceiling, shared by the
+    workers. Evaluation after each run is not counted."""
+    per_step: dict[str, float] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for spec in todo:
+            if spec.method not in per_step:
+                probe = spec.tune_config.model_copy(update={"max_steps": probe_steps, "patience": probe_steps})
+                t0 = time.perf_counter()
+                try:
+                    tune(probe, copy.deepcopy(inputs.model), inputs.forget_stream, inputs.retain_stream, inputs.decomposition)
+                except NonFiniteLossError:  # a diverging setting still timed its steps
+                    pass
+                per_step[spec.method] = (time.perf_counter() - t0) / probe_steps
+    finally:
+        torch.set_num_threads(threads)
+    total_s = sum(per_step[s.method] * s.tune_config.max_steps for s in todo)
+    return total_s / min(workers, len(todo)) / 60
 
 
 def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base: dict, out_dir: Path, workers: int) -> Iterator[dict]:

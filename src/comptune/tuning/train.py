@@ -184,9 +184,10 @@ def tune(
     block, offset = take_budget(forget_stream, config.budget, config.seed)
     forget_ids, forget_labels = forget_sequences(block, config.seq_len)
 
-    torch.manual_seed(config.seed)  # LoRA init
     gen = torch.Generator().manual_seed(config.seed)  # retain windows, forget minibatches
-    tunable = build_method(config.method, model, decomposition, config.selection, config, decomposition_dir=decomposition_dir)
+    with torch.random.fork_rng(devices=[]):  # the LoRA init draws from the global RNG: seed it without touching the caller's
+        torch.manual_seed(config.seed)
+        tunable = build_method(config.method, model, decomposition, config.selection, config, decomposition_dir=decomposition_dir)
     device = tunable.parameters[0].device
     forget_ids, forget_labels = forget_ids.to(device), forget_labels.to(device)
     retain_stream = retain_stream.to(device)
