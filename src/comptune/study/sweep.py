@@ -210,8 +210,8 @@ def run_sweep(
         todo = [r for r in runs if r.run_id not in done]
         log(f"sweep {config.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run → {out_dir}")
         if todo:
-            log(f"expected: at most {expected_minutes(todo, inputs, workers):.0f} min on {workers} worker{'s' * (workers > 1)} "
-                "(every run at its step ceiling, step times measured here now; runs that plateau end sooner)")
+            log(f"expected: at most {expected_minutes(todo, inputs, workers):.0f} min of training on {workers} worker{'s' * (workers > 1)} "
+                "(every run at its step ceiling, step times measured here now; runs that plateau end sooner), plus each run's evaluation")
         groups: dict[tuple, list[str]] = defaultdict(list)
         for r in runs:
             groups[r.group].append(r.run_id)
