@@ -1,7 +1,7 @@
 """`comptune demo`: the case study end to end on the bundled model and decomposition; above both
 the study (the sweep) and the report, which it runs one after the other.
 
-The presets are the YAML files `configs/demo.yaml` (a few budgets, 2 seeds, ~10 minutes on two
+The presets are the YAML files `configs/demo.yaml` (a few budgets, 2 seeds, ~10.5 minutes on two
 cores) and `configs/full.yaml` (the write-up's protocol); `comptune demo --full` is exactly
 `comptune sweep configs/full.yaml` followed by `comptune report`.
 """
@@ -49,7 +49,7 @@ def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the case study on the bundled model: selection, a small sweep, then the report (~10 min)")
+    p = sub.add_parser("demo", help="the case study on the bundled model: selection, a small sweep, then the report (~10.5 min on 2 cores)")
     p.add_argument("--full", action="store_true", help="the whole study instead (configs/full.yaml: budgets 2..2048, 9 seeds, the write-up's lr/alpha grid, patience 300 / ceiling 3000: 3240 runs, days on 2 cores; resumable)")
     p.add_argument("--out", type=Path, help="results directory (default: results/demo or results/full); re-running resumes it")
     p.add_argument("--workers", type=int, default=_cores(), help=f"runs at a time, each in its own process with one torch thread; default: the cores this process may use ({_cores()} here)")
