@@ -85,3 +85,44 @@ def test_adapter_merge_and_export_reproduce_the_edit(files, tmp_path):
     assert not torch.allclose(expected, base, atol=1e-4)  # the edit does something
     assert torch.allclose(merged(ids).logits, expected, atol=1e-5)
     assert torch.allclose(lora(input_ids=ids).logits, expected, atol=1e-5)
+
+
+def test_attack_cli_writes_its_result_beside_not_into_the_edit(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(files, out, "--keys", "h.1.attn.v_proj:3", "--decomposition", str(files / "dec"), "--lr", "0.3") == 0
+    # attacker and evaluation German must be different text from each other and from the edit's forget text
+    (tmp_path / "de_eval.txt").write_text("Der Rat hat heute beschlossen, die Verordnung zu ändern und neue Regeln einzuführen. " * 6)
+    (tmp_path / "de_attack.txt").write_text("Wir haben im Ausschuss lange über diese Frage gesprochen, aber keine Einigung erzielt. " * 6)
+    (tmp_path / "attack.yaml").write_text("block_len: 32\neval_blocks: 2\nseq_len: 32\nquantisations: [int8]\n")
+    def attack(out_dir, attack_data=tmp_path / "de_attack.txt", tokens="16"):
+        return main(["attack", str(out / "edit"), "--model", str(files / "model"), "--config", str(tmp_path / "attack.yaml"),
+                     "--target", str(tmp_path / "de_eval.txt"), "--reference", str(files / "en.txt"), "--attack-data", str(attack_data),
+                     "--tokens", tokens, "--attackers", "full", "--lrs", "1e-3", "--max-steps", "4", "--eval-every", "2", "--out", str(out_dir)])
+
+    assert attack(out / "edit" / "attack") == 2
+    assert "lies inside the edit's folder" in capsys.readouterr().err
+    assert attack(tmp_path / "attack") == 0
+    saved = json.loads((tmp_path / "attack" / "attack.json").read_text())
+    assert saved["config"]["tokens"] == [16] and saved["seed"] == 0 and "torch" in saved["versions"]
+    assert saved["inputs"]["checked_against_edit_forget_tokens"] == str(files / "de.txt")
+    (row,) = saved["result"]["relearning"]
+    assert row["attacker"] == "full" and row["curve"]["steps"] == [0, 2, 4]
+    assert (tmp_path / "attack" / "attack.png").is_file()
+    assert sorted(p.name for p in (out / "edit").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    # attacker text holding the edit's own forget tokens (128 tokens of the repeated sentence hold every span of it) is
+    # refused before any compute
+    assert attack(tmp_path / "leak", attack_data=files / "de.txt", tokens="128") == 2
+    assert "shares a 9-token span with the edit's forget tokens" in capsys.readouterr().err  # the whole 8-token budget + context
+    assert not (tmp_path / "leak").exists()
+
+
+def test_adapter_merge_at_a_dose(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(files, out, "--keys", "h.1.attn.v_proj:3", "--decomposition", str(files / "dec"), "--lr", "0.3") == 0
+    args = ["adapter", "merge", str(out / "edit"), "--model", str(files / "model")]
+    assert main([*args, "--dose", "0", "--out", str(tmp_path / "d0")]) == 0
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    base = ComptuneLMForCausalLM.from_pretrained(files / "model").eval()(ids).logits
+    assert torch.equal(ComptuneLMForCausalLM.from_pretrained(tmp_path / "d0").eval()(ids).logits, base)
+    assert main([*args, "--dose", "2", "--out", str(tmp_path / "d2")]) == 2
+    assert "dose 2.0 is outside [0.0, 1.5]" in capsys.readouterr().err and not (tmp_path / "d2").exists()

@@ -48,6 +48,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--json", type=Path, metavar="OUT", help="also write the rollouts (with config and versions) as JSON")
     r.set_defaults(func=_rollout)
 
+    a = sub.add_parser(
+        "attack",
+        help="how robust is an edit? relearning, int8/4-bit quantisation and dose, against the base model",
+        description="Attack a saved edit (OUT/edit of `comptune tune`, or a sweep's edits/ID): fine-tune the merged "
+        "edited model on N target-language tokens it never saw (all weights with Adam, and a rank-8 LoRA attacker; "
+        "the same from the base model as the reference), quantise it (int8, simulated 4-bit), and interpolate it "
+        "toward the base model (dose t). Writes OUT/attack.json (config, seed, versions) and OUT/attack.png/.svg.",
+    )
+    a.add_argument("edit", type=Path, help="edit folder (adapter_config.json inside)")
+    a.add_argument("--model", type=Path, help="the model the edit was trained on (default: the bundled model)")
+    a.add_argument("--decomposition", type=Path, help="decomposition folder, needed for a CI-gated edit (default: the bundled one)")
+    a.add_argument("--config", type=Path, help="YAML of AttackConfig fields; the flags below override it")
+    a.add_argument("--tokens", type=int, nargs="+", help="attacker token counts N (default 16 128 1024)")
+    a.add_argument("--attackers", nargs="+", choices=["full", "lora"])
+    a.add_argument("--lrs", type=float, nargs="+", help="attacker Adam learning rates; each attacker keeps its best")
+    a.add_argument("--max-steps", type=int, dest="max_steps")
+    a.add_argument("--eval-every", type=int, dest="eval_every")
+    a.add_argument("--attack-data", dest="attack_data", help="attacker text (default valid.de: never trained on nor evaluated)")
+    a.add_argument("--target", help="held-out set the edit removes (default parallel.de)")
+    a.add_argument("--reference", help="held-out set it should keep (default general_en)")
+    a.add_argument("--seed", type=int)
+    a.add_argument("--out", type=Path, required=True, help="output folder (not inside the edit's folder)")
+    a.set_defaults(func=_attack)
+
 
 def _eval(args) -> int:
     from .run import EvalConfig, run_eval
@@ -81,4 +105,20 @@ def _rollout(args) -> int:
     if args.json:
         write_json_atomic(args.json, report)
         print(f"wrote {args.json}")
+    return 0
+
+
+_ATTACK_OVERRIDES = ("tokens", "attackers", "lrs", "max_steps", "eval_every", "attack_data", "target", "reference", "seed")
+
+
+def _attack(args) -> int:
+    from .robustness import AttackConfig, attack_single_edit, summary_table
+
+    fields = AttackConfig.from_file(args.config).model_dump() if args.config else {}
+    fields.update({k: getattr(args, k) for k in _ATTACK_OVERRIDES if getattr(args, k) is not None})
+    config = AttackConfig.model_validate(fields)
+    result, path = attack_single_edit(args.edit, config, args.out, model_dir=args.model, decomposition_dir=args.decomposition,
+                                      progress=lambda msg: print(f"attack: {msg}", flush=True))
+    print(summary_table(result, config))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from .._io import versions
 from ..config import StrictConfig
+from ..model.loading import context_length
 from .ce import EvalResult, evaluate_ce
 from .rollouts import rollouts
 
@@ -50,10 +51,6 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
         return spec, None
     source, lang = spec.rsplit("@", 1)
     return source, lang
-
-
-def context_length(model) -> int | None:
-    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None, progress: bool = False) -> EvalResult:

@@ -100,3 +100,8 @@ def model_vocab_size(model) -> int:
     if head is not None:
         return int(head.weight.shape[0])
     return int(model.config.vocab_size)
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model takes (its config's max_position_embeddings), if it says."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)

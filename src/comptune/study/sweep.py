@@ -54,6 +54,7 @@ import yaml
 
 from .._io import append_jsonl, read_jsonl, versions, write_json_atomic, write_text_atomic
 from ..corpus.datasets import sample_blocks
+from ..model.loading import context_length
 from ..tuning import NonFiniteLossError, Selection, TuneConfig, take_budget, tune
 from ..tuning.edits import edited_lm
 from .config import LORA_METHODS, SweepConfig
@@ -113,7 +114,7 @@ def load_inputs(config: SweepConfig) -> StudyInputs:
         # the decomposition hooks its own copy of the target, so the base model every run copies stays hook-free
         decomposition = Decomposition.load(ddir, copy.deepcopy(model))
 
-    n_ctx = getattr(model.config, "n_ctx", None) or getattr(model.config, "max_position_embeddings", None)
+    n_ctx = context_length(model)
     for what, length in (("train.seq_len", config.train.seq_len), ("eval.block_len", config.eval.block_len), ("selection_data.block_len", config.selection_data.block_len)):
         if n_ctx is not None and length > n_ctx:
             raise ValueError(f"{what}={length} exceeds the model's context of {n_ctx} tokens; lower it")

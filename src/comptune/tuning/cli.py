@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("adapter", type=Path, help="adapter folder (OUT/edit of `comptune tune`, or a sweep's saved edit)")
         q.add_argument("--model", type=Path, default=None, help="the model the adapter was trained on (default: the bundled model)")
         q.add_argument("--out", type=Path, required=True)
+        q.add_argument("--dose", type=float, default=1.0,
+                       help="interpolate each scalar toward the identity first, s -> 1 + t (s - 1): 0 = the base model, "
+                       "1 = the edit as trained (default), up to 1.5")
         q.set_defaults(func=_adapter, adapter_action=name)
 
 
@@ -57,9 +60,13 @@ def _adapter(args) -> int:
     from ..corpus.bundle import bundled_model_dir
     from ..model.loading import load_model_and_tokenizer
     from .component_scale import load_adapter
+    from .edits import check_dose, dosed_scales
 
+    check_dose(args.dose)  # before any loading
     model, tokenizer = load_model_and_tokenizer(args.model or bundled_model_dir())
     edited = load_adapter(args.adapter, model)
+    if args.dose != 1.0:
+        edited.set_scales(dosed_scales(edited.scales(), args.dose))
     if args.adapter_action == "merge":
         merged = edited.merge_and_unload()
         merged.save_pretrained(args.out)

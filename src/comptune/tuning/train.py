@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .._io import versions
 from ..decomposition.losses import TargetDistribution
+from ..model.loading import context_length
 from ..model.prefix import decoder_blocks, first_edited_block, prefix_replayed, recording, select_output
 from .config import SCALAR_METHODS, TuneConfig
 from .methods import TunableModel, build_method
@@ -176,7 +177,7 @@ def tune(
     restored and NonFiniteLossError is raised.
     `cache_prefix=False` runs every pass through the whole model (the same losses, slower).
     """
-    n_ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    n_ctx = context_length(model)
     if n_ctx is not None and config.seq_len > n_ctx:
         raise ValueError(f"seq_len={config.seq_len} exceeds the model's context of {n_ctx} tokens; set seq_len ≤ {n_ctx}")
     if retain_stream.numel() < 2:
