@@ -11,12 +11,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("results_dir", type=Path, help="the --out directory of `comptune sweep` / `comptune demo`")
     p.add_argument("--out", type=Path, help="where to write the report (default: RESULTS_DIR/report)")
     p.add_argument("--no-rollouts", action="store_true", help="skip the base-vs-edited continuations (no model needed)")
+    p.add_argument("--robustness", type=int, nargs="+", metavar="BUDGET",
+                   help="attack each method's chosen edit at these budgets (relearning, quantisation, dose; see `comptune attack`); "
+                   "results are cached in RESULTS_DIR/robustness and reused")
+    p.add_argument("--robustness-config", type=Path, help="YAML of AttackConfig fields for --robustness (e.g. configs/robustness.yaml)")
     p.set_defaults(func=_report)
 
 
 def _report(args) -> int:
     from .summary import make_report
 
-    path = make_report(args.results_dir, args.out, rollouts=not args.no_rollouts)
+    overrides = None
+    if args.robustness_config:
+        from ..config import read_config_file
+
+        overrides = read_config_file(args.robustness_config)
+    path = make_report(args.results_dir, args.out, rollouts=not args.no_rollouts, robustness_budgets=args.robustness,
+                       robustness_config=overrides)
     print(f"summary: {path}")
     return 0

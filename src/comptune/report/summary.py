@@ -116,8 +116,13 @@ def budget_curve_table(rows: list[dict], methods: list[str], budgets: list[int],
     return out
 
 
-def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, rollouts: bool = True, log=print) -> Path:
-    """Figures (PNG + SVG), tables and `summary.md` for the sweep in `results_dir`; returns summary.md."""
+def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, rollouts: bool = True,
+                robustness_budgets: list[int] | None = None, robustness_config: dict | None = None, log=print) -> Path:
+    """Figures (PNG + SVG), tables and `summary.md` for the sweep in `results_dir`; returns summary.md.
+
+    `robustness_budgets` attacks each method's chosen edit at those budgets (`report.robustness`;
+    `robustness_config` overrides AttackConfig fields); without it, robustness results already
+    computed for this study are included as they are."""
     res = load_results(results_dir)
     out = Path(out_dir) if out_dir is not None else res.directory / "report"
     cfg, s = res.config, res.config.scoring
@@ -146,7 +151,8 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, r
 
     table = min_budget_table(rows, methods, budgets)
     rollout_rows = _rollouts(res, out, log) if rollouts else None
-    md = _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets)
+    robust_md = _robustness(res, out, figures, robustness_budgets, robustness_config, log)
+    md = _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets, robust_md)
     path = out / "summary.md"
     write_text_atomic(path, md)
     write_json_atomic(out / "min_budget.json", {"rule": min_budget_table.__doc__.strip(), "table": table, "versions": versions()})
@@ -202,8 +208,27 @@ def _rollouts(res: SweepResults, out: Path, log) -> list[dict] | None:
     return rows
 
 
+# --------------------------------------------------------------------------- robustness
+def _robustness(res: SweepResults, out: Path, figures: dict, budgets: list[int] | None, overrides: dict | None, log) -> list[str]:
+    """The robustness section's markdown lines (run now for `budgets`, else from the study's cache)."""
+    from .robustness import cached_robustness, plot_robustness, robustness_markdown, robustness_table, run_robustness, study_attack_config
+
+    if budgets:
+        config = study_attack_config(res, overrides)
+        records = run_robustness(res, budgets, config, log)
+    else:
+        cached = cached_robustness(res)
+        if cached is None or not cached[1]:
+            return []
+        config, records = cached
+    rows = robustness_table(records, config)
+    figures["robustness"] = plot_robustness(records, config, out / "robustness")
+    write_json_atomic(out / "robustness.json", {"config": config.model_dump(mode="json"), "table": rows, "versions": versions()})
+    return robustness_markdown(rows, config, "robustness.png")
+
+
 # --------------------------------------------------------------------------- markdown
-def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets) -> str:
+def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets, robust_md=()) -> str:
     cfg, s = res.config, res.config.scoring
     largest = budgets[-1]
     L = [f"# Unlearning study `{cfg.name}`", ""]
@@ -303,6 +328,7 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
         L += ["", f"## Rollouts (greedy, {cfg.rollout.max_new_tokens} new tokens)", "",
               "Base model vs each method's chosen run at its largest budget (first λ, smallest seed), re-loaded from its saved edit.", "",
               rollouts_markdown(rollout_rows), ""]
+    L += list(robust_md)
 
     L += ["", "## Config", "", "```yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(), "```", "",
           "## Versions", "", "| package | version |", "|---|---|"]
