@@ -15,6 +15,7 @@ def _write(path, text):
 
 
 def test_extends_merges_mappings_and_replaces_lists(tmp_path):
+    """SEMANTICS S7.3."""
     _write(tmp_path / "base.yaml", "name: base\nbudgets: [2, 4]\nseeds: [0, 1, 2]\ntrain: {seq_len: 64, patience: 100}\n"
            "methods:\n  - {name: a, method: lora, lrs: [0.01]}\n  - {name: b, method: lora, lrs: [0.1]}\n")
     (tmp_path / "sub").mkdir()

@@ -10,6 +10,7 @@ from comptune.corpus import build, bundle
 
 
 def test_split_is_shared_by_all_translations_and_deterministic():
+    """SEMANTICS S6.1."""
     for name in ["manpages/man1/ls.1", "installation-guide/ch01s01", "fortunes/murphy"]:
         source = name.split("/")[0]
         assert build.assign_split(name, source) == build.assign_split(name, source)
@@ -44,6 +45,7 @@ def _rows(split):
 
 @pytest.mark.skipif(not (bundle.corpus_dir() / "manifest.json").is_file(), reason="shipped corpus not present")
 def test_shipped_splits_never_overlap_and_parallel_is_aligned():
+    """SEMANTICS S6.1, SEMANTICS S6.2."""
     docs_in = defaultdict(set)
     for split in bundle.SPLITS:
         for r in _rows(split):

@@ -70,6 +70,7 @@ class OneLinear(nn.Module):
 
 
 def test_lower_leaky_hard_sigmoid_forward_and_sign_gated_leak():
+    """SPEC V2.3."""
     z = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.0, 1.5, -1.0, 2.0], requires_grad=True)
     alpha = 0.01
     y = lower_leaky_hard_sigmoid(z, alpha)
@@ -82,6 +83,7 @@ def test_lower_leaky_hard_sigmoid_forward_and_sign_gated_leak():
 
 
 def test_upper_leaky_hard_sigmoid_matches_definition():
+    """SPEC V2.3."""
     z = torch.tensor([-2.0, -0.5, 0.25, 1.0, 3.0], requires_grad=True)
     y = upper_leaky_hard_sigmoid(z, 0.1)
     assert torch.allclose(y, torch.tensor([0.0, 0.0, 0.25, 1.0, 1.2]))
@@ -93,6 +95,7 @@ def test_upper_leaky_hard_sigmoid_matches_definition():
 
 
 def test_component_keys_round_trip_and_reject_garbage():
+    """SPEC V1.5."""
     assert parse_component_key(format_component_key("h.3.attn.v_proj", 513)) == ("h.3.attn.v_proj", 513)
     for bad in ["h.3.attn.v_proj", "h.3.attn.v_proj:x", ":3"]:
         with pytest.raises(ValueError, match="module path"):
@@ -100,6 +103,7 @@ def test_component_keys_round_trip_and_reject_garbage():
 
 
 def test_linear_components_shapes_and_weight_layout():
+    """SPEC V1.1."""
     comps = LinearComponents(d_in=5, d_out=3, C=7)
     assert comps.V.shape == (5, 7) and comps.U.shape == (7, 3)
     x = torch.randn(2, 4, 5)
@@ -110,6 +114,7 @@ def test_linear_components_shapes_and_weight_layout():
 @pytest.mark.parametrize("make", [tiny_lm, tiny_gpt2], ids=["llama-style Linear", "gpt2 Conv1D"])
 @pytest.mark.parametrize("ci", [SMALL_CI, LAYERWISE_CI], ids=["global", "layerwise"])
 def test_masks_one_with_delta_reproduce_target(make, ci):
+    """SPEC V1.3."""
     model = make()
     patterns = PATTERNS if make is tiny_lm else {"transformer.h.*.attn.c_*": 24, "transformer.h.*.mlp.c_*": 40}
     d = Decomposition.create(model, patterns, ci)
@@ -130,6 +135,7 @@ def test_masks_one_with_delta_reproduce_target(make, ci):
 
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 def test_masked_output_formula_and_delta_gap(kind):
+    """SPEC V1.2."""
     from transformers.pytorch_utils import Conv1D
 
     torch.manual_seed(0)
@@ -157,6 +163,7 @@ def test_masked_output_formula_and_delta_gap(kind):
 
 
 def test_routing_keeps_original_weight_where_unrouted():
+    """SPEC V3.2."""
     d = Decomposition.create(tiny_lm(), PATTERNS, SMALL_CI)
     x = ids()
     zeros = {p: torch.zeros(*x.shape, d.C(p)) for p in d.module_paths}
@@ -172,6 +179,7 @@ def test_routing_keeps_original_weight_where_unrouted():
 
 
 def test_gradients_reach_components_and_ci_but_not_target():
+    """SPEC V5.5."""
     model = tiny_lm()
     d = Decomposition.create(model, PATTERNS, SMALL_CI)
     x = ids()
@@ -228,6 +236,7 @@ def test_ci_config_rejects_unknown_keys_and_bad_sizes():
     (tiny_gpt2, {"transformer.h.0.attn.c_attn": 12, "transformer.h.1.mlp.c_proj": 20}, SMALL_CI),
 ], ids=["global", "layerwise", "conv1d"])
 def test_save_load_round_trip(tmp_path, make, patterns, ci):
+    """SPEC V1.6."""
     model = make()
     d = Decomposition.create(model, patterns, ci)
     d.config = {"note": "x"}
@@ -248,6 +257,7 @@ def test_save_load_round_trip(tmp_path, make, patterns, ci):
 
 
 def test_load_rejects_other_targets_and_broken_files(tmp_path):
+    """SPEC V1.6, SEMANTICS S1.3."""
     from safetensors.torch import load_file, save_file
 
     d = Decomposition.create(tiny_lm(), PATTERNS, SMALL_CI)
@@ -279,6 +289,7 @@ class _Boom:
 
 
 def test_pickle_disguised_as_weights_is_never_executed(tmp_path):
+    """SPEC V1.6."""
     d = Decomposition.create(tiny_lm(), {"h.0.attn.q_proj": 4}, SMALL_CI)
     d.save(tmp_path)
     _Boom.marker = tmp_path / "pwned"
@@ -292,6 +303,7 @@ def test_pickle_disguised_as_weights_is_never_executed(tmp_path):
 
 
 def test_kl_direction_is_target_to_masked():
+    """SPEC V5.1."""
     target = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
     masked = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))
     p, q = target.exp(), masked.exp()
@@ -302,7 +314,7 @@ def test_kl_direction_is_target_to_masked():
 
 
 def test_kl_against_a_precomputed_target_equals_the_log_softmax_definition():
-    """KL(p ‖ q) = Σ p log p − Σ p z + logsumexp(z): value and gradient equal the textbook form
+    """SPEC V5.1. KL(p ‖ q) = Σ p log p − Σ p z + logsumexp(z): value and gradient equal the textbook form
     computed in fp64 (to float32 rounding: the KL is computed in float32), whether the target
     comes as logits or as its TargetDistribution."""
     g = torch.Generator().manual_seed(0)
@@ -320,6 +332,7 @@ def test_kl_against_a_precomputed_target_equals_the_log_softmax_definition():
 
 
 def test_minimality_matches_formula():
+    """SPEC V5.3."""
     g = torch.tensor([[[0.0, 0.5], [1.0, 0.25]]])  # [B=1, T=2, C=2]
     p, beta = 0.5, 0.5
     s = (g + 1e-12).pow(p).sum((0, 1))
@@ -331,6 +344,7 @@ def test_minimality_matches_formula():
 
 
 def test_masks_from_sources_and_subset_routing():
+    """SPEC V3.1, SPEC V3.2."""
     g = torch.tensor([[[0.0, 1.0, 0.5]]])
     r = torch.tensor([[[0.5, 0.2, 0.5, 0.9]]])
     masks, delta = masks_from_sources({"m": g}, {"m": r})
@@ -346,6 +360,7 @@ def test_masks_from_sources_and_subset_routing():
 
 
 def test_persistent_pgd_ascends_stays_in_range_and_round_trips():
+    """SPEC V4.1."""
     d = Decomposition.create(tiny_lm(), PATTERNS, SMALL_CI)
     x = ids()
     ci = d.causal_importance(x)
@@ -365,6 +380,7 @@ def test_persistent_pgd_ascends_stays_in_range_and_round_trips():
 
 
 def test_eval_pgd_finds_worse_masks_than_its_random_start():
+    """SPEC V4.3."""
     d = Decomposition.create(tiny_lm(), PATTERNS, SMALL_CI)
     x = ids()
     with torch.no_grad():
@@ -381,6 +397,7 @@ def test_eval_pgd_finds_worse_masks_than_its_random_start():
 
 
 def test_quality_report_exact_components_reproduce_target():
+    """SPEC V6.1."""
     model = tiny_lm()
     d = Decomposition.create(model, {"h.0.attn.v_proj": 32, "h.1.mlp.down_proj": 32}, SMALL_CI)
     with torch.no_grad():  # exact components from the SVD: Δ = 0 up to float error

@@ -38,6 +38,7 @@ def acts(seed=0, B=2, T=5):
 
 
 def test_vector_mlp_is_one_independent_mlp_per_subcomponent_on_x():
+    """SPEC V2.1."""
     torch.manual_seed(1)
     ci_fn = build_ci_fn(CIConfig(type="vector_mlp", hidden_dims=[4, 6]), C, D_IN)
     assert isinstance(ci_fn, VectorMLPCI) and ci_fn.input_kind == "pre_weight_acts"
@@ -57,6 +58,7 @@ def test_vector_mlp_is_one_independent_mlp_per_subcomponent_on_x():
 
 @pytest.mark.parametrize("hidden", [[7], []])
 def test_shared_mlp_maps_x_to_all_C_logits(hidden):
+    """SPEC V2.1."""
     torch.manual_seed(2)
     ci_fn = build_ci_fn(CIConfig(type="shared_mlp", hidden_dims=hidden), C, D_IN)
     assert isinstance(ci_fn, SharedMLPCI) and ci_fn.input_kind == "pre_weight_acts"
@@ -93,6 +95,7 @@ def test_config_sizes_and_validation():
 
 @pytest.mark.parametrize("ci_type", ["vector_mlp", "shared_mlp"])
 def test_decomposition_feeds_pre_weight_acts_and_round_trips(tmp_path, ci_type):
+    """SPEC V2.2."""
     model = tiny_lm()
     torch.manual_seed(3)
     d = Decomposition.create(model, PATTERNS, CIConfig(type=ci_type, hidden_dims=[4]))

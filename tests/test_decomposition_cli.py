@@ -80,7 +80,7 @@ def test_bad_input_is_one_line(files, tmp_path, capsys):
 
 
 def test_report_by_dataset_and_task_bar_then_init_from(files, tmp_path, capsys):
-    """The report's per-dataset faithfulness equals the CI-masked CE computed directly; the task bar
+    """SEMANTICS S3.3, SEMANTICS S1.2. The report's per-dataset faithfulness equals the CI-masked CE computed directly; the task bar
     scans the decomposition's subcomponents and says whether one reaches chance on the target;
     `decompose --init-from` continues from the saved decomposition."""
     out = tmp_path / "dec"

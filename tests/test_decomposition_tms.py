@@ -77,6 +77,7 @@ SPD_TMS = dict(
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])  # seed of the target's training and of the decomposition
 def test_spd_recovers_the_features_of_tms_5_2(tmp_path, seed):
+    """SPEC V7.1."""
     tms = train_tms(seed=seed)
     W = tms.linear1.weight.detach()  # [2, 5]
     assert torch.allclose(W.norm(dim=0), torch.full((N_FEATURES,), W.norm(dim=0).mean().item()), rtol=0.1)  # all 5 features stored

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from comptune.decomposition import Decomposition
+from comptune.decomposition import CIConfig, Decomposition
 from comptune.decomposition.train import DecomposeConfig, decompose
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 
@@ -38,6 +38,7 @@ def rows(out_dir, name="train_log.jsonl"):
 
 
 def test_run_writes_decomposition_logs_and_quality(tmp_path):
+    """SPEC V5.3 (p annealed), SPEC V6.1."""
     d = decompose(tiny_lm(), BLOCKS, config(), tmp_path, eval_blocks=BLOCKS[:4])
     assert [r["step"] for r in rows(tmp_path)] == list(range(1, 9))
     assert {"faithfulness", "stochastic", "adversarial", "minimality", "loss", "p", "lr"} <= set(rows(tmp_path)[0])
@@ -55,7 +56,7 @@ def test_run_writes_decomposition_logs_and_quality(tmp_path):
 
 
 def test_adversary_source_gradient_from_the_main_backward_equals_its_own_backward(monkeypatch):
-    """The step takes the adversary's source gradient from the main backward (which reaches the
+    """SPEC V4.2, SPEC V5.6. The step takes the adversary's source gradient from the main backward (which reaches the
     sources through the adversarial term alone) instead of a second backward of that term: both
     give the same gradient (float32 rounding)."""
     from comptune.decomposition.losses import PersistentPGD
@@ -83,6 +84,7 @@ def test_adversary_source_gradient_from_the_main_backward_equals_its_own_backwar
 
 
 def test_stop_and_resume_continues_the_same_run(tmp_path):
+    """SPEC V5.6."""
     full = decompose(tiny_lm(), BLOCKS, config(), tmp_path / "full")
     first = decompose(tiny_lm(), BLOCKS, config(), tmp_path / "split", stop_at_step=3)
     assert not first.provenance["completed"] and first.provenance["steps_done"] == 3
@@ -121,6 +123,7 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path):
+    """SPEC V5.6."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=os.path.dirname(__file__)))
     out = tmp_path / "killed"
@@ -159,7 +162,7 @@ def test_bad_inputs(tmp_path):
 
 
 def test_init_from_continues_the_source_exactly(tmp_path):
-    """A run started --init-from a saved decomposition begins where the source ended: its step-0
+    """SEMANTICS S1.2. A run started --init-from a saved decomposition begins where the source ended: its step-0
     evaluation equals the source's final one (same eval blocks and seed), it skips the warm-up,
     records its origin, and refuses a source of another shape or model."""
     src = decompose(tiny_lm(), BLOCKS, config(), tmp_path / "src", eval_blocks=BLOCKS[:4])
@@ -188,6 +191,7 @@ def test_init_from_continues_the_source_exactly(tmp_path):
 
 
 def test_non_finite_loss_names_the_term_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """SPEC V5.6."""
     import comptune.decomposition.train as train_mod
 
     real = train_mod.minimality_loss
@@ -210,6 +214,7 @@ def test_non_finite_loss_names_the_term_and_keeps_the_last_checkpoint(tmp_path, 
 
 
 def test_basis_init_starts_from_units_that_sum_to_w(tmp_path):
+    """SPEC V1.4, SEMANTICS S1.1."""
     from comptune.decomposition.train import basis_init
 
     model = tiny_lm()  # d_model 32, d_mlp 64
@@ -232,3 +237,24 @@ def test_basis_init_starts_from_units_that_sum_to_w(tmp_path):
     # in a run: the config's init is applied before the warm-up, and the run trains from it
     run = decompose(tiny_lm(), BLOCKS, config(init={"h.1.mlp.*": "neurons"}, patterns={"h.1.mlp.*": 64}), tmp_path)
     assert run.provenance["completed"]
+
+
+def test_initialisation_faithfulness_and_the_total_loss():
+    """SPEC V1.4: V ~ N(0, 1/d_in), U ~ N(0, 1/C). SPEC V5.2: faithfulness is Σ‖Δ‖² / Σ numel(W).
+    SPEC V5.4: the training loss is the coefficient-weighted sum of the four terms."""
+    from comptune.decomposition.losses import faithfulness_loss
+    from comptune.decomposition.train import VPDTrainer
+
+    torch.manual_seed(0)
+    model = ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=64, n_layer=1, d_model=128, n_head=2, d_mlp=512, n_ctx=32))
+    dec = Decomposition.create(model, {"h.0.mlp.c_fc": 400}, CIConfig(type="layerwise_mlp"))
+    comp = dec.get_components("h.0.mlp.c_fc")
+    assert comp.V.std().item() == pytest.approx(128 ** -0.5, rel=0.02) and comp.U.std().item() == pytest.approx(400 ** -0.5, rel=0.02)
+
+    cfg = config(coeff_faithfulness=3.0, coeff_stochastic=0.7, coeff_adversarial=0.3, coeff_minimality=0.01)
+    dec = Decomposition.create(tiny_lm(), cfg.patterns, cfg.ci)
+    by_hand = sum(dec.delta(p).pow(2).sum() for p in dec.module_paths) / sum(dec.delta(p).numel() for p in dec.module_paths)
+    assert faithfulness_loss(dec).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    row = VPDTrainer(dec, cfg, torch.device("cpu")).train_step(BLOCKS[:4], 0)
+    total = 3.0 * row["faithfulness"] + 0.7 * row["stochastic"] + 0.3 * row["adversarial"] + 0.01 * row["minimality"]
+    assert row["loss"] == pytest.approx(total, rel=1e-5)

@@ -56,6 +56,7 @@ class ConstantLogits(nn.Module):
 
 def test_ce_by_hand_excludes_the_first_token():
     # targets are tokens 1..T-1; the first tokens (3, costing ln 8 each) are never scored
+    """SEMANTICS S5.1."""
     blocks = torch.tensor([[3, 0, 1], [3, 0, 0]])
     result = evaluate_ce(ConstantLogits(), {"d": blocks}, batch_size=1)
     expected = (math.log(2) + math.log(4) + math.log(2) + math.log(2)) / 4

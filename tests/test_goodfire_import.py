@@ -256,6 +256,7 @@ def assert_matches_reference(decomposition, sd, ci_kind, C=C):
 @pytest.mark.parametrize("ci_kind", list(CI_CONFIGS))
 @pytest.mark.parametrize("schema", ["spd", "param_decomp"])
 def test_import_matches_reference_math(tmp_path, target, ci_kind, schema):
+    """SPEC V8.1, SPEC V2.1 (the global CI transformer)."""
     ci = CI_CONFIGS[ci_kind]
     config, name = (spd_config(ci), "final_config.yaml") if schema == "spd" else (param_decomp_config(ci), "experiment_config.yaml")
     sd = reference_checkpoint(target, ci_kind)
@@ -278,6 +279,7 @@ def test_import_matches_reference_math(tmp_path, target, ci_kind, schema):
 
 
 def test_ci_of_a_real_forward_uses_the_captured_activations(tmp_path, target):
+    """SPEC V2.2."""
     sd = reference_checkpoint(target, "global")
     run = write_run(tmp_path / "run", "final_config.yaml", spd_config(GLOBAL_CI), {5: sd})
     decomposition = import_goodfire(run / "model_5.pth", tmp_path / "out", target=target)
@@ -328,6 +330,7 @@ def to_legacy(sd, era):
 
 @pytest.mark.parametrize("era", ["patched_model", "top_level_ci_fns", "first_release"])
 def test_legacy_key_layouts_import_the_same(tmp_path, target, era):
+    """SPEC V8.1."""
     if era == "first_release":  # one C for every pattern; gates with n hidden neurons
         C_used = {p: 4 for p in PATHS}
         config = {
@@ -347,7 +350,7 @@ def test_legacy_key_layouts_import_the_same(tmp_path, target, era):
 
 @pytest.mark.parametrize("fn_type, hidden", [("vector_mlp", [MLP_HIDDEN, 3]), ("shared_mlp", [])])
 def test_older_schema_ci_fn_type_imports_vector_and_shared_mlps(tmp_path, target, fn_type, hidden):
-    """`ci_fn_type` / `ci_fn_hidden_dims` config fields and top-level `_ci_fns.` keys (Oct 2025); shared_mlp
+    """SPEC V8.1. `ci_fn_type` / `ci_fn_hidden_dims` config fields and top-level `_ci_fns.` keys (Oct 2025); shared_mlp
     without hidden layers is one affine map x -> C."""
     config = {k: v for k, v in spd_config(LAYERWISE_CI).items() if k != "ci_config"}
     config.update(ci_fn_type=fn_type, ci_fn_hidden_dims=hidden)
@@ -375,7 +378,7 @@ def test_first_release_linear_gate_becomes_an_affine_ci(tmp_path, target):
 
 
 def test_target_built_from_their_pretraining_run(tmp_path, target):
-    """No target_model.* in the checkpoint: the target comes from their pretrain dir and is saved beside the import."""
+    """SPEC V8.2. No target_model.* in the checkpoint: the target comes from their pretrain dir and is saved beside the import."""
     pretrain = tmp_path / "pretrain"
     (pretrain / "checkpoints").mkdir(parents=True)
     (pretrain / "model_config.yaml").write_text(yaml.safe_dump(LLAMA_CONFIG))
@@ -560,6 +563,7 @@ def test_comptune_model_computes_their_llama_simple_mlp(target):
 
 
 def test_unrepresentable_llama_simple_mlp_is_refused():
+    """SPEC V8.2."""
     with pytest.raises(ValueError, match="grouped KV heads"):  # their SimpleStories targets
         comptune_config_from_llama_simple_mlp({**LLAMA_CONFIG, "n_key_value_heads": 1})
     with pytest.raises(ValueError, match="biases"):
@@ -567,6 +571,7 @@ def test_unrepresentable_llama_simple_mlp_is_refused():
 
 
 def test_pile_4l_target_has_the_paper_architecture():
+    """SPEC V8.2."""
     model = build_pile_4l_target()
     cfg = model.config
     assert (cfg.vocab_size, cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_mlp, cfg.n_ctx) == (50277, 4, 768, 6, 3072, 512)

@@ -114,6 +114,7 @@ def test_hub_name_offline_gives_a_clear_error(monkeypatch):
 
 
 def test_token_stream_puts_bos_before_every_document(tokenizer):
+    """SEMANTICS S5.2."""
     docs = ["the cat", "der Hund"]
     stream = token_stream(tokenizer, docs)
     bos = tokenizer.bos_token_id

@@ -100,3 +100,36 @@ def test_report_refuses_an_unfinished_sweep(assets, tmp_path):  # noqa: F811
     (out / "sweep_config.yaml").write_text(yaml.safe_dump(saved | {"name": "demo"}))
     with pytest.raises(FileNotFoundError, match=rf"run `comptune demo --out {out}` again to complete it"):
         make_report(out, log=lambda s: None)
+
+
+def test_report_robustness_section_attacks_each_chosen_edit_once(finished, tmp_path):  # noqa: F811
+    from comptune.corpus.bundle import bundled_texts
+
+    config, results = finished
+    attack_text = tmp_path / "de_attack.txt"
+    attack_text.write_text("\n".join(bundled_texts("valid.de")[:3])[:4000])  # German the edits never saw, nor the evaluation
+    overrides = {"attack_data": str(attack_text), "tokens": [16], "attackers": ["full"], "lrs": [1e-3], "max_steps": 4, "eval_every": 2,
+                 "quantisations": ["int8"], "doses": [0.0, 0.5, 1.0]}
+    with pytest.raises(ValueError, match=r"no chosen runs at budget\(s\) \[5\]"):
+        make_report(results, tmp_path / "bad", rollouts=False, robustness_budgets=[5], robustness_config=overrides, log=lambda s: None)
+    summary = make_report(results, tmp_path / "r1", rollouts=False, robustness_budgets=[8], robustness_config=overrides, log=lambda s: None)
+    text = summary.read_text()
+    assert "## Robustness of the chosen edits" in text and "![robustness](robustness.png)" in text
+    table = json.loads((tmp_path / "r1" / "robustness.json").read_text())["table"]
+    assert {(r["method"], r["budget"]) for r in table} == {("single", 8), ("lora_r1", 8)}
+    rows = {r["run_id"]: r for r in (json.loads(line) for line in (results / "results.jsonl").read_text().splitlines())}
+    cached = sorted((results / "robustness").glob("*/run-*.json"))
+    assert len(cached) == 2
+    for path in cached:
+        rec = json.loads(path.read_text())
+        run = rows[rec["run"]["run_id"]]
+        assert run["chosen"] and run["budget"] == 8 and run["seed"] == min(config.seeds)
+        res = rec["result"]
+        # the attack measured the same edit the sweep did: its held-out target CE increase, on the study's own blocks
+        assert res["removed"] == pytest.approx(run["increase"][config.scoring.forget_eval], abs=1e-4)
+        assert [d["t"] for d in res["dose"]] == [0.0, 0.5, 1.0] and res["relearning"][0]["curve"]["steps"] == [0, 2, 4]
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    # without --robustness the cached results are shown again, and nothing is recomputed
+    text2 = make_report(results, tmp_path / "r2", rollouts=False, log=lambda s: None).read_text()
+    assert "## Robustness of the chosen edits" in text2
+    assert [p.stat().st_mtime_ns for p in cached] == stamps

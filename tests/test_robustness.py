@@ -58,6 +58,7 @@ def trained_base():
 
 
 def test_recovery_step_on_a_synthetic_curve():
+    """SEMANTICS S8.1."""
     steps = [0, 10, 20, 30, 40]
     ce = [9.0, 8.0, 6.9, 5.2, 5.0]  # removed 4 nats (base 5): half back at ce <= 7, 90 % at ce <= 5.4
     assert recovery_step(steps, ce, edited_ce=9.0, base_ce=5.0, fraction=0.5) == 20
@@ -91,6 +92,7 @@ def _scale_edit(model):
 
 @pytest.mark.parametrize("make_edit", [_scale_edit, _lora_edit], ids=["component_scale", "peft_lora"])
 def test_dose_zero_is_the_base_and_dose_one_the_edit_exactly(make_edit):
+    """SEMANTICS S2.4."""
     model = tiny_model()
     base = copy.deepcopy(model)
     weights = _base_weights(model)
@@ -114,6 +116,7 @@ def test_dose_zero_is_the_base_and_dose_one_the_edit_exactly(make_edit):
 
 
 def test_dose_of_a_scalar_edit_is_the_scalar_interpolated_toward_one():
+    """SEMANTICS S2.4."""
     model = tiny_model()
     weights = _base_weights(model)
     edit = _scale_edit(model)
@@ -140,6 +143,7 @@ def test_doses_outside_the_range_are_refused():
 
 
 def test_relearning_recovers_a_deliberately_removed_distribution():
+    """SEMANTICS S8.1, SEMANTICS S8.3."""
     base = trained_base()
     weights = _base_weights(base)
     removed = copy.deepcopy(base)
@@ -174,6 +178,7 @@ def test_relearning_recovers_a_deliberately_removed_distribution():
 
 
 def test_int8_quantises_the_linear_layers_but_not_the_unembedding():
+    """SEMANTICS S8.3."""
     model = tiny_model()
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
@@ -198,6 +203,7 @@ def test_relearn_curve_reads_every_eval_every_steps_and_the_last():
 
 
 def test_attacker_data_errors_name_the_problem():
+    """SEMANTICS S8.2."""
     with pytest.raises(ValueError, match="attacker data 'tiny'.*budget of 100"):
         attacker_block(torch.arange(50), 100, 0, "tiny")
     stream = markov_stream(300, seed=8)
@@ -209,6 +215,7 @@ def test_attacker_data_errors_name_the_problem():
 
 
 def test_a_ci_gated_edit_is_dosed_but_not_relearned():
+    """SEMANTICS S2.3, SEMANTICS S2.4."""
     from comptune.decomposition import CIConfig, Decomposition
     from comptune.tuning import ComponentScaleConfig
 

@@ -50,6 +50,7 @@ def _edited_ce(make, basis, key, s, datasets):
     (tiny_gpt2, ["transformer.h.2.mlp.c_proj", "transformer.h.1.attn.c_attn"]),
 ], ids=["llama-style Linear", "gpt2 Conv1D"])
 def test_cached_fast_path_equals_component_scale_and_full_evaluation(make, paths):
+    """SEMANTICS S3.1."""
     model = make()
     basis = svd_components(model, paths)
     datasets = data()
@@ -95,6 +96,7 @@ class _SyntheticScanner:
 
 
 def test_bisection_finds_the_bound_on_a_monotone_curve():
+    """SEMANTICS S3.2."""
     scanner = _SyntheticScanner()
     (r,) = dose_scan(scanner, ["m:0"], target="t", reference="r", bound=0.1, grid=(1, 2, 4, 8), bisect_steps=20)
     # damage 0.1 is reached at |s − 1| = sqrt(10): the inverted side wins, gain 2·sqrt(10)
@@ -106,6 +108,7 @@ def test_bisection_finds_the_bound_on_a_monotone_curve():
 
 
 def test_dose_scan_reports_the_best_point_within_the_bound():
+    """SEMANTICS S3.2."""
     model = tiny_lm()
     paths = ["h.2.mlp.down_proj"]
     basis = svd_components(model, paths)

@@ -83,6 +83,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_sweep_writes_one_row_per_run_and_chooses_on_validation(finished):
+    """SEMANTICS S7.1."""
     config, out = finished
     for name in ("sweep_config.yaml", "selection.json", "base_ce.json", "runs.jsonl", "chosen.json", "results.jsonl"):
         assert (out / name).is_file(), name
@@ -130,6 +131,7 @@ def row(method, budget, seed, lr, gain, damage, *, status="ok", alpha=None, held
 
 
 def test_choice_rule_uses_validation_scores_only():
+    """SEMANTICS S7.1."""
     s = Scoring(max_damage=0.1, tie_tolerance=0.01)
     rows = [
         # best validation gain but too much validation damage, even though its held-out score is best
@@ -155,6 +157,7 @@ def test_choice_rule_uses_validation_scores_only():
 
 
 def test_killed_sweep_resumes_without_duplicates(assets, tmp_path):
+    """SEMANTICS S7.1."""
     config = sweep_config(assets)
     out = tmp_path / "sweep"
     first = []
@@ -228,7 +231,7 @@ def test_ctrl_c_stops_a_parallel_sweep_in_one_line_and_its_workers_with_it(asset
 
 
 def test_sweep_grows_with_more_seeds(finished, tmp_path):
-    """Adding seeds to a finished sweep trains only the new runs; the old rows stay as they were."""
+    """SEMANTICS S7.2. Adding seeds to a finished sweep trains only the new runs; the old rows stay as they were."""
     config, results = finished
     out = tmp_path / "grown"
     shutil.copytree(results, out)
@@ -369,7 +372,7 @@ def test_selection_in_every_basis(assets):
 
 
 def test_selection_by_scan_on_validation_data(assets):
-    """`rank: scan` keeps the candidates with the largest validation forget gain within the damage
+    """SEMANTICS S3.3. `rank: scan` keeps the candidates with the largest validation forget gain within the damage
     bound — the same figures an independent dose scan of those candidates gives; neuron_single and a
     CI-gated single key are configs of the existing methods."""
     from comptune.decomposition.bases import neuron_components

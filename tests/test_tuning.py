@@ -80,6 +80,7 @@ def scaled_masks(dec, ids, scales, gate=None):
 
 
 def test_forward_equals_decomposition_masked_logits_with_delta():
+    """SEMANTICS S2.1."""
     ids = ids_batch()
     dec = tiny_decomposition(tiny_model())
     with torch.no_grad():
@@ -140,6 +141,7 @@ def test_gates_from_precomputed_ci():
 
 
 def test_ci_gate_at_threshold_zero_is_the_ungated_edit_where_ci_is_positive_and_no_edit_elsewhere():
+    """SEMANTICS S2.3."""
     ids = ids_batch()
     path = "h.1.attn.v_proj"
     keys = [k for k in KEYS if k.startswith(path)]
@@ -166,7 +168,7 @@ def test_ci_gate_at_threshold_zero_is_the_ungated_edit_where_ci_is_positive_and_
 
 
 def test_the_wrapped_model_answers_like_the_model_it_wraps():
-    """`config`, `generate` and evaluation reach the wrapped model, as on a PeftModel; the adapter's
+    """SEMANTICS S2.1. `config`, `generate` and evaluation reach the wrapped model, as on a PeftModel; the adapter's
     own settings are `scale_config`."""
     from comptune.evaluation import evaluate_ce
 
@@ -262,6 +264,7 @@ with torch.no_grad():
 
 
 def test_export_peft_lora_gives_the_same_logits(tmp_path):
+    """SEMANTICS S2.2."""
     from peft import PeftModel
 
     ids = ids_batch()
@@ -279,6 +282,7 @@ def test_export_peft_lora_gives_the_same_logits(tmp_path):
 
 
 def test_conv1d_layers_forward_merge_and_lora_export(tmp_path):
+    """SPEC V1.1 (Conv1D), SEMANTICS S2.2."""
     from peft import PeftModel
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -337,6 +341,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_load_refuses_another_model_and_another_decomposition(tmp_path):
+    """SEMANTICS S1.3."""
     wrapped, _ = edited()
     wrapped.save_adapter(tmp_path / "ad")
     with pytest.raises(ValueError, match="belongs to another model"):

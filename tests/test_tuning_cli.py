@@ -88,6 +88,7 @@ def test_adapter_merge_and_export_reproduce_the_edit(files, tmp_path):
 
 
 def test_attack_cli_writes_its_result_beside_not_into_the_edit(files, tmp_path, capsys):
+    """SEMANTICS S8.2."""
     out = tmp_path / "run"
     assert run(files, out, "--keys", "h.1.attn.v_proj:3", "--decomposition", str(files / "dec"), "--lr", "0.3") == 0
     # attacker and evaluation German must be different text from each other and from the edit's forget text
@@ -117,6 +118,7 @@ def test_attack_cli_writes_its_result_beside_not_into_the_edit(files, tmp_path, 
 
 
 def test_adapter_merge_at_a_dose(files, tmp_path, capsys):
+    """SEMANTICS S2.4."""
     out = tmp_path / "run"
     assert run(files, out, "--keys", "h.1.attn.v_proj:3", "--decomposition", str(files / "dec"), "--lr", "0.3") == 0
     args = ["adapter", "merge", str(out / "edit"), "--model", str(files / "model")]

@@ -75,6 +75,7 @@ def components(seed=1, C=8):
 
 # ---------------------------------------------------------------- objective
 def test_capped_forget_term_has_zero_gradient_at_and_above_chance():
+    """SEMANTICS S4.1."""
     labels = torch.tensor([[0, 1, 2, 3]])
     # uniform logits: CE is exactly ln|V| (at chance)
     at_chance = torch.zeros(1, 4, 10, requires_grad=True)
@@ -116,6 +117,7 @@ def test_ce_excludes_the_first_token_and_padding():
 
 
 def test_retain_kl_direction_and_zero():
+    """SEMANTICS S4.1."""
     p = torch.randn(2, 3, 11)
     q = torch.randn(2, 3, 11)
     assert float(retain_kl(p, p)) == pytest.approx(0.0, abs=1e-6)
@@ -127,6 +129,7 @@ def test_retain_kl_direction_and_zero():
 @pytest.mark.parametrize("budget", [2, 4, 8, 16, 31, 32, 100])
 @pytest.mark.parametrize("seq_len", [5, 32])
 def test_budget_takes_exactly_that_many_predicted_tokens(budget, seq_len):
+    """SEMANTICS S4.2."""
     stream = torch.arange(1000)  # token value = position: shows which tokens were taken
     block, offset = take_budget(stream, budget, seed=3)
     assert torch.equal(block, torch.arange(offset, offset + budget + 1))
@@ -143,6 +146,7 @@ def test_budget_takes_exactly_that_many_predicted_tokens(budget, seq_len):
 
 
 def test_seeds_take_disjoint_blocks_and_errors_say_how_much_text_there_is():
+    """SEMANTICS S4.2."""
     stream = torch.arange(100)
     blocks = [set(take_budget(stream, 8, seed)[0].tolist()) for seed in range(11)]
     assert all(not (a & b) for i, a in enumerate(blocks) for b in blocks[i + 1 :])

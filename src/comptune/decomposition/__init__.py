@@ -1,4 +1,15 @@
-"""comptune.decomposition: VPD/SPD parameter decomposition of a model's linear weights."""
+"""comptune.decomposition: VPD/SPD parameter decomposition of a model's linear weights.
+
+The method is stated and numbered in docs/SPEC.md. Reading order, following the data:
+- `components.py`  one weight's rank-1 subcomponents V [d_in, C], U [C, d_out] and keys (§1)
+- `bases.py`       starting bases that sum to W (neurons, SVD)
+- `sigmoids.py`, `ci.py`  causal importance: logits per subcomponent and their squashing (§2)
+- `decomposed.py`  `Decomposition`: hooks that run the target with masked subcomponents (§1, §3)
+- `losses.py`      masks, routing, the adversary and the four losses (§3–§5)
+- `train.py`       the training step, schedule, checkpoints and resume (§4–§5)
+- `report.py`      the quality figures and the task bar (§6)
+- `goodfire.py`    importing runs made by Goodfire's reference code (§8)
+"""
 
 from .._lazy import lazy_exports
 

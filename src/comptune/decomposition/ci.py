@@ -1,4 +1,4 @@
-"""Causal-importance (CI) functions: map activations to one pre-sigmoid logit per subcomponent (spec §2).
+"""Causal-importance (CI) functions: map activations to one pre-sigmoid logit per subcomponent (SPEC §2).
 
 - `LayerwiseMLPCI` (SPD): for every subcomponent a tiny MLP of its own scalar inner activation
   a_c = v_cᵀ x. All C MLPs of a module are stored batched (weights [C, in, out]) so a module costs

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    resume_args=["--resume"])
 
     saved = sub.add_parser("decomposition", help="work with a saved decomposition").add_subparsers(dest="decomposition_command", metavar="COMMAND", required=True)
-    r = saved.add_parser("report", help="quality figures (spec §6): CE target/unmasked/stochastic/CI-masked/rounded, L0, alive, PGD KL")
+    r = saved.add_parser("report", help="quality figures (SPEC §6): CE target/unmasked/stochastic/CI-masked/rounded, L0, alive, PGD KL")
     r.add_argument("decomposition", type=Path, help="decomposition folder")
     r.add_argument("--model", type=Path, help="target model folder (default: the one recorded in the decomposition)")
     r.add_argument("--data", required=True, help="held-out data (same forms as for decompose)")

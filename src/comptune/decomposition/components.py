@@ -1,4 +1,4 @@
-"""Rank-1 subcomponents of one weight matrix (spec §1).
+"""Rank-1 subcomponents of one weight matrix (SPEC §1).
 
 W ≈ Σ_c u_c v_cᵀ with V [d_in, C] (column c = read vector v_c) and U [C, d_out] (row c = write
 vector u_c), so the effective weight in nn.Linear layout is (V U)ᵀ [d_out, d_in]. HF `Conv1D`

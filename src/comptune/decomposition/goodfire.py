@@ -16,7 +16,7 @@ Each checkpoint is a torch state dict of their `ComponentModel`, newest key layo
     ci_fn._ci_fns.<path, "." -> "-">.<...>       one CI function per module
 
 Their custom `Linear` stores `W` [in, out] and `ParallelLinear` `W` [C, in, out] (the transpose of
-nn.Linear), each with a bias `b`. Older checkpoints use older key names (spec §8, and the first
+nn.Linear), each with a bias `b`. Older checkpoints use older key names (SPEC §8, and the first
 release's `model.` / `components.*.{A,B}` / `gates.*`); `normalize_keys` maps them all onto the
 newest layout. Checkpoints are read with `torch.load(weights_only=True)` only: a pickle that would
 build arbitrary Python objects is refused, never executed.
@@ -48,7 +48,7 @@ _CHECKPOINT_RE = re.compile(r"^model_(\d+)\.pth$")
 _PRETRAIN_CHECKPOINT_RE = re.compile(r"^model_step_(\d+)\.pt$")
 _FIRST_RELEASE_FACTORS = {"A": "V", "B": "U"}
 
-# The paper's 67M "Pile 4L" target (spec §8; reference pretrain config
+# The paper's 67M "Pile 4L" target (SPEC §8; reference pretrain config
 # spd/pretrain/configs/pile_llama_simple_mlp-4L-768.yaml).
 PILE_4L = dict(vocab_size=50277, n_layer=4, d_model=768, n_head=6, d_mlp=3072, n_ctx=512, rope_base=10000.0, rms_eps=1e-6)
 

@@ -1,4 +1,4 @@
-"""Masks, routing and the four VPD losses (spec §3–§5), plus the evaluation PGD.
+"""Masks, routing and the four VPD losses (SPEC §3–§5), plus the evaluation PGD.
 
 Everything here is a pure function of tensors and a `Decomposition`, except `PersistentPGD`,
 which holds the adversary's state (sources and their Adam moments) across training steps.

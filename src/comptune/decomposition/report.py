@@ -1,4 +1,4 @@
-"""The quality figures every decomposition is reported with (spec §6).
+"""The quality figures every decomposition is reported with (SPEC §6).
 
 All cross-entropies are next-token CE in nats, over every position but the last of each block (so
 the first token of a block is never a target). "Unmasked", "CI-masked" and "rounded" leave Δ out;
@@ -32,7 +32,7 @@ def quality_report(
     pgd_step_size: float = 0.1,
     seed: int = 0,
 ) -> dict:
-    """Spec §6 figures over the token blocks [N, T] (held-out text).
+    """SPEC §6 figures over the token blocks [N, T] (held-out text).
 
     Returns {"n_tokens", "ce": {target, unmasked, stochastic, ci_masked, rounded_<thr>}, "kl": {...},
     "l0": {path: mean count of CI > 0 per token, "total": sum}, "alive": {path: count with mean

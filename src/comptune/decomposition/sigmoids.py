@@ -1,4 +1,4 @@
-"""The two leaky hard sigmoids that turn causal-importance logits into importances (spec §2).
+"""The two leaky hard sigmoids that turn causal-importance logits into importances (SPEC §2).
 
 - `lower_leaky_hard_sigmoid` builds every mask. Forward clamp(z, 0, 1). Backward: the gradient
   passes unchanged on (0, 1]; above 1 it is blocked; at or below 0 it leaks as α·grad, but only

@@ -1,6 +1,6 @@
 """Train a decomposition (VPD; SPD with the layerwise CI function and the adversary off).
 
-One step (spec §4–§5, following the reference code):
+One step (SPEC §4–§5, following the reference code):
 1. clean target forward → pre-weight activations → CI (g_lower builds masks, g_upper for minimality);
 2. 2 Adam ascent steps of the persistent adversary's sources, CI and components held fixed;
 3. total = c_faith·faithfulness + c_stoch·KL(stochastic masks, subset routing)
@@ -53,7 +53,7 @@ from .losses import (
 )
 from .report import quality_report
 
-# The paper's 24 matrices of the 4-layer model and their C (spec §1).
+# The paper's 24 matrices of the 4-layer model and their C (SPEC §1).
 PAPER_PATTERNS = {
     "h.*.attn.q_proj": 512,
     "h.*.attn.k_proj": 512,
@@ -75,7 +75,7 @@ BOOKKEEPING_FIELDS = {"eval_every", "eval_batch_size", "checkpoint_every", "log_
 
 
 class DecomposeConfig(StrictConfig):
-    """Defaults are the paper's 4-layer run (spec §5); `preset("small")` sizes it for the bundled model."""
+    """Defaults are the paper's 4-layer run (SPEC §5); `preset("small")` sizes it for the bundled model."""
 
     seed: int = 0
     patterns: dict[str, int] = Field(default_factory=lambda: dict(PAPER_PATTERNS))  # fnmatch -> C

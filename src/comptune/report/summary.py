@@ -292,7 +292,7 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
     if len(cfg.lambda_retain) > 1:
         L.append(f"\n(for λ = {cfg.lambda_retain[0]:g}; every λ's choice is in `chosen.json`)")
 
-    L += ["", "## Forget vs retain per budget", "", f"![tradeoff](tradeoff.png)", "",
+    L += ["", "## Forget vs retain per budget", "", "![tradeoff](tradeoff.png)", "",
           f"x: `{s.forget_eval}` CE increase, y: `{s.retain_eval}` CE increase (symlog), one point per chosen run; "
           "dotted: at chance; dashed: the damage bound. ([SVG](tradeoff.svg))"]
 
