@@ -42,3 +42,30 @@ def test_an_interrupted_command_says_so_in_one_line_with_the_command_to_run(monk
     assert main(argv) == 130
     err = capsys.readouterr().err.strip()
     assert err == "comptune tune: interrupted; nothing was written; run it again with: comptune " + " ".join(argv)
+
+
+def test_errors_raised_on_purpose_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    import argparse
+
+    import pytest
+
+    import comptune.cli as cli
+    from comptune.errors import NonFiniteError, UserError, UserKeyError
+
+    def parser_raising(exc):
+        p = argparse.ArgumentParser(prog="comptune")
+        sub = p.add_subparsers(dest="command")
+        sub.add_parser("boom").set_defaults(func=lambda args: (_ for _ in ()).throw(exc))
+        return lambda: p
+
+    for exc, line in ((UserError("bad lr; lower it"), "bad lr; lower it"), (UserKeyError("module 'x' is not decomposed"), "module 'x' is not decomposed"),
+                      (NonFiniteError("loss went NaN"), "loss went NaN"), (FileNotFoundError("no such file: a.yaml"), "no such file: a.yaml")):
+        monkeypatch.setattr(cli, "build_parser", parser_raising(exc))
+        assert cli.main(["boom"]) == 2
+        assert capsys.readouterr().err == f"comptune boom: error: {line}\n"
+    # the built-ins they subclass still catch them in user code
+    assert issubclass(UserKeyError, KeyError) and issubclass(UserError, ValueError) and issubclass(NonFiniteError, FloatingPointError)
+    for bug in (KeyError("oops"), ValueError("math domain error"), TypeError("x")):
+        monkeypatch.setattr(cli, "build_parser", parser_raising(bug))
+        with pytest.raises(type(bug)):
+            cli.main(["boom"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from .errors import UserError
 
 
 @contextmanager
@@ -96,7 +97,7 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"weights file {path} is not a valid safetensors file ({e}); re-create or re-download it") from e
+        raise UserError(f"weights file {path} is not a valid safetensors file ({e}); re-create or re-download it") from e
 
 
 def versions() -> dict[str, str]:

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from .config import describe_validation_error
+    from .errors import UserError
 
     # SIGTERM stops a command the way Ctrl-C does (loops with checkpoints handle both themselves)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -62,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"comptune {args.command}: error: {describe_validation_error(e)}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
-        # user errors: one clear line, no traceback
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"comptune {args.command}: error: {msg}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as e:
+        # errors raised on purpose (comptune.errors) and missing files: one clear line, no traceback;
+        # anything else is a bug and keeps its traceback
+        print(f"comptune {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from .errors import UserError
 
 T = TypeVar("T", bound="StrictConfig")
 
@@ -36,15 +37,15 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise FileNotFoundError(f"config file {path} does not exist")
     if path.resolve() in _seen:
         chain = " → ".join(str(p) for p in (*_seen, path.resolve()))
-        raise ValueError(f"config files extend each other in a cycle: {chain}")
+        raise UserError(f"config files extend each other in a cycle: {chain}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+        raise UserError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     parent = data.pop(EXTENDS, None)
     if parent is None:
         return data
     if not isinstance(parent, str):
-        raise ValueError(f"config file {path}: `{EXTENDS}` must be one file path, got {parent!r}")
+        raise UserError(f"config file {path}: `{EXTENDS}` must be one file path, got {parent!r}")
     return _merge(read_config_file(path.parent / parent, (*_seen, path.resolve())), data)
 
 

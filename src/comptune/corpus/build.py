@@ -30,6 +30,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from .._io import atomic_path, write_json_atomic
+from ..errors import UserError
 
 LANGUAGES = ("en", "de", "fr", "es", "it")
 # Languages the identifier may choose from: wider than LANGUAGES so that e.g. Dutch or
@@ -276,7 +277,7 @@ def _page_documents(source: Source, lang: str, root: Path, rel: str) -> list[tup
         return [(name.removesuffix(".fortunes"), "\n\n".join(fortune_texts(path)))]
     if source.kind == "python":
         return [(rel.split("python3.11/", 1)[1], _decode(path.read_bytes()))]
-    raise ValueError(f"unknown source kind {source.kind!r}")
+    raise UserError(f"unknown source kind {source.kind!r}")
 
 
 def _process_page(args) -> dict | None:

@@ -18,6 +18,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from ..errors import UserError
 
 SPLITS = ("train", "valid", "eval", "parallel")
 GENERAL_DOMAINS = ("manpages", "fortunes")  # general_en's sources: not the retain text's domain
@@ -73,7 +74,7 @@ DEFAULT_EVAL_DATASETS = ("parallel.en", "parallel.de", "parallel.fr", "parallel.
 def bundled_documents(name: str) -> list[dict]:
     """Rows (text, lang, source, domain, doc) of a bundled dataset."""
     if name not in BUNDLED_DATASETS:
-        raise ValueError(f"unknown bundled dataset {name!r}; known: {', '.join(BUNDLED_DATASETS)}")
+        raise UserError(f"unknown bundled dataset {name!r}; known: {', '.join(BUNDLED_DATASETS)}")
     if name in DERIVED:
         split, keep = _derived(name)
     else:
@@ -81,7 +82,7 @@ def bundled_documents(name: str) -> list[dict]:
         keep = lambda r: r["lang"] == lang  # noqa: E731
     rows = [r for r in _split_rows(split) if keep(r)]
     if not rows:
-        raise ValueError(f"bundled dataset {name!r} is empty in {corpus_dir()}")
+        raise UserError(f"bundled dataset {name!r} is empty in {corpus_dir()}")
     return rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from ..errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +66,7 @@ def _blocks(args) -> int:
     try:
         mix = {lang: float(w) for lang, w in (item.split("=") for item in args.mix.split(","))}
     except ValueError:
-        raise ValueError(f"--mix must look like en=0.7,de=0.07; got {args.mix!r}") from None
+        raise UserError(f"--mix must look like en=0.7,de=0.07; got {args.mix!r}") from None
     tokenizer = load_tokenizer(args.tokenizer)
     streams = {lang: token_stream(tokenizer, bundled_texts(f"{args.split}.{lang}")) for lang in mix}
     blocks = mix_windows(streams, mix, args.n, args.block_len, torch.Generator().manual_seed(args.seed))

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .bundle import BUNDLED_DATASETS, bundled_texts
+from ..errors import UserError
 
 
 def dataset_texts(name_or_path: str, **load_kwargs) -> list[str]:
@@ -14,7 +15,7 @@ def dataset_texts(name_or_path: str, **load_kwargs) -> list[str]:
     if name_or_path in BUNDLED_DATASETS:
         return bundled_texts(name_or_path)
     if "/" not in name_or_path and not Path(name_or_path).exists():
-        raise ValueError(f"unknown dataset {name_or_path!r}: not a bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
+        raise UserError(f"unknown dataset {name_or_path!r}: not a bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
                          "and no such file or directory")
     from .loading import load_texts
 
@@ -33,7 +34,7 @@ def mix_windows(streams: dict[str, torch.Tensor], mix: dict[str, float], n: int,
     the mix probabilities: a pretraining batch, or a model's own training mix to decompose it on."""
     missing = sorted(set(mix) - set(streams))
     if missing:
-        raise ValueError(f"no token stream for language(s) {missing} of the mix; have {sorted(streams)}")
+        raise UserError(f"no token stream for language(s) {missing} of the mix; have {sorted(streams)}")
     langs = sorted(mix)
     probs = torch.tensor([mix[lang] for lang in langs], dtype=torch.float64)
     choice = torch.multinomial(probs, n, replacement=True, generator=gen)
@@ -41,7 +42,7 @@ def mix_windows(streams: dict[str, torch.Tensor], mix: dict[str, float], n: int,
     for i in choice.tolist():
         s = streams[langs[i]]
         if len(s) < length:
-            raise ValueError(f"token stream {langs[i]!r} has {len(s)} tokens, fewer than one window of {length}")
+            raise UserError(f"token stream {langs[i]!r} has {len(s)} tokens, fewer than one window of {length}")
         start = int(torch.randint(0, len(s) - length + 1, (1,), generator=gen))
         rows.append(s[start : start + length])
     return torch.stack(rows)
@@ -73,4 +74,4 @@ def sample_blocks(name: str, tokenizer, block_len: int, max_blocks: int) -> torc
     try:
         return tokenize_to_blocks(tokenizer, texts, block_len, max_blocks=max_blocks)
     except ValueError as e:
-        raise ValueError(f"dataset {name!r}: {e}") from None
+        raise UserError(f"dataset {name!r}: {e}") from None

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+from ..errors import UserError
 
 _TEXT_SUFFIXES = (".txt", ".txt.gz")
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -52,21 +53,21 @@ def load_texts(
     configuration name (e.g. `"de-en"`); `separator` applies to text files only.
     """
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+        raise UserError(f"limit must be >= 1, got {limit}")
     path = Path(source).expanduser()
     name = str(source)
     select = dict(text_column=text_column, lang=lang, lang_column=lang_column, limit=limit)
     is_text_file = path.is_file() and name.endswith(_TEXT_SUFFIXES)
     if separator is not None and not is_text_file:
-        raise ValueError(f"separator={separator!r} applies to .txt files only, and {name} is not one")
+        raise UserError(f"separator={separator!r} applies to .txt files only, and {name} is not one")
     if is_text_file:
         if lang is not None:
-            raise ValueError(f"{name} is a plain text file with no language column; drop lang={lang!r}")
+            raise UserError(f"{name} is a plain text file with no language column; drop lang={lang!r}")
         texts = _read_text_file(path, separator)
     elif path.is_file() and name.endswith(_JSONL_SUFFIXES):
         texts = _select(_jsonl_rows(path), name, **select)
     elif path.is_file():
-        raise ValueError(f"{name}: unsupported file type; use one of {', '.join(_TEXT_SUFFIXES + _JSONL_SUFFIXES)} "
+        raise UserError(f"{name}: unsupported file type; use one of {', '.join(_TEXT_SUFFIXES + _JSONL_SUFFIXES)} "
                          "or a directory saved with `datasets` save_to_disk")
     elif path.is_dir():
         texts = _select(_dataset_rows(_load_from_disk(path, split), text_column, name), name, **select)
@@ -78,7 +79,7 @@ def load_texts(
     texts = [t for t in texts if t.strip()][:limit]
     if not texts:
         lang_note = f" for lang={lang!r}" if lang else ""
-        raise ValueError(f"{name} holds no non-empty text{lang_note}")
+        raise UserError(f"{name} holds no non-empty text{lang_note}")
     return texts
 
 
@@ -98,9 +99,9 @@ def _jsonl_rows(path: Path) -> Iterator[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({e})") from e
+                raise UserError(f"{path}:{lineno} is not valid JSON ({e})") from e
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno} holds a JSON {type(row).__name__}; each line must be an object")
+                raise UserError(f"{path}:{lineno} holds a JSON {type(row).__name__}; each line must be an object")
             yield row
 
 
@@ -108,7 +109,7 @@ def _load_from_disk(path: Path, split: str | None):
     import datasets
 
     if not ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
-        raise ValueError(f"{path} is a directory but not a dataset written by `datasets` save_to_disk "
+        raise UserError(f"{path} is a directory but not a dataset written by `datasets` save_to_disk "
                          "(no dataset_info.json / dataset_dict.json)")
     ds = datasets.load_from_disk(str(path))
     return _pick_split(ds, split, str(path))
@@ -134,12 +135,12 @@ def _pick_split(ds, split: str | None, what: str):
 
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split is None:
-            raise ValueError(f"{what} has splits {', '.join(ds)}; choose one with split=... (--split)")
+            raise UserError(f"{what} has splits {', '.join(ds)}; choose one with split=... (--split)")
         if split not in ds:
-            raise ValueError(f"{what} has no split {split!r}; splits: {', '.join(ds)}")
+            raise UserError(f"{what} has no split {split!r}; splits: {', '.join(ds)}")
         return ds[split]
     if split is not None and ds.split is not None and str(ds.split) != split:
-        raise ValueError(f"{what} is a single dataset of split {ds.split}, not {split!r}")
+        raise UserError(f"{what} is a single dataset of split {ds.split}, not {split!r}")
     return ds
 
 
@@ -149,7 +150,7 @@ def _dataset_rows(ds, text_column: str, what: str) -> Iterator[dict]:
 
     top = text_column.split(".")[0]
     if ds.column_names and top not in ds.column_names:  # a streamed dataset may not know its columns yet
-        raise ValueError(f"column {top!r} not in {what}; columns: {', '.join(ds.column_names)}")
+        raise UserError(f"column {top!r} not in {what}; columns: {', '.join(ds.column_names)}")
     if isinstance(ds, datasets.Dataset):
         for batch in ds.iter(batch_size=1024):
             for i in range(len(batch[top])):
@@ -168,30 +169,30 @@ def _select(rows: Iterable[dict], what: str, *, text_column: str, lang: str | No
         value = _lookup(row, path, what)
         if isinstance(value, dict):
             if lang is None:
-                raise ValueError(f"column {text_column!r} of {what} holds a dict with keys {', '.join(sorted(value))}; "
+                raise UserError(f"column {text_column!r} of {what} holds a dict with keys {', '.join(sorted(value))}; "
                                  f"choose one with lang=... or a dotted column such as {text_column}.{next(iter(value))}")
             if lang not in value:
-                raise ValueError(f"unknown language {lang!r} in column {text_column!r} of {what}; "
+                raise UserError(f"unknown language {lang!r} in column {text_column!r} of {what}; "
                                  f"languages present: {', '.join(sorted(value))}")
             value = value[lang]
         elif lang is not None:
             if lang_column is None:
-                raise ValueError(f"lang={lang!r} given but no lang_column to filter on in {what}")
+                raise UserError(f"lang={lang!r} given but no lang_column to filter on in {what}")
             if lang_column not in row:
-                raise ValueError(f"column {lang_column!r} (the language column) not in {what}; "
+                raise UserError(f"column {lang_column!r} (the language column) not in {what}; "
                                  f"columns: {', '.join(row)}; set lang_column=... or drop lang")
             row_lang = str(row[lang_column])
             langs_seen.add(row_lang)
             if row_lang != lang:
                 continue
         if not isinstance(value, str):
-            raise ValueError(f"column {text_column!r} of {what} holds {type(value).__name__}, not text")
+            raise UserError(f"column {text_column!r} of {what} holds {type(value).__name__}, not text")
         if value.strip():
             texts.append(value)
             if limit is not None and len(texts) >= limit:
                 break
     if lang is not None and not texts and langs_seen:
-        raise ValueError(f"unknown language {lang!r} in column {lang_column!r} of {what}; "
+        raise UserError(f"unknown language {lang!r} in column {lang_column!r} of {what}; "
                          f"languages present: {', '.join(sorted(langs_seen))}")
     return texts
 
@@ -202,7 +203,7 @@ def _lookup(row: dict, path: list[str], what: str):
         if not isinstance(value, dict) or key not in value:
             where = ".".join(path[:depth]) or "each row"
             keys = ", ".join(value) if isinstance(value, dict) else f"(a {type(value).__name__}, not a dict)"
-            raise ValueError(f"column {'.'.join(path)!r} not in {what}: {where} has columns {keys}")
+            raise UserError(f"column {'.'.join(path)!r} not in {what}: {where} has columns {keys}")
         value = value[key]
     return value
 
@@ -237,7 +238,7 @@ def token_stream(tokenizer, texts: list[str], *, add_bos: bool = True) -> torch.
     by `separator_id(tokenizer)` (an error if the tokenizer has none)."""
     sep = separator_id(tokenizer) if add_bos else None
     if add_bos and sep is None:
-        raise ValueError("the tokenizer has no BOS or EOS token to separate documents; "
+        raise UserError("the tokenizer has no BOS or EOS token to separate documents; "
                          "set one (bos_token=...) or pass add_bos=False")
     ids: list[int] = []
     for doc in encode_documents(tokenizer, list(texts)):
@@ -260,12 +261,12 @@ def tokenize_to_blocks(tokenizer, texts: list[str], block_len: int, *, max_block
 def blocks_from_stream(stream: torch.Tensor, block_len: int, *, max_blocks: int | None = None) -> torch.Tensor:
     """Cut a token stream into full blocks [N, block_len] (see `tokenize_to_blocks`)."""
     if block_len < 2:
-        raise ValueError(f"block_len must be >= 2 (one context token and one predicted token), got {block_len}")
+        raise UserError(f"block_len must be >= 2 (one context token and one predicted token), got {block_len}")
     if max_blocks is not None and max_blocks < 1:
-        raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
+        raise UserError(f"max_blocks must be >= 1, got {max_blocks}")
     n_blocks = len(stream) // block_len
     if n_blocks == 0:
-        raise ValueError(f"the text is too short: {len(stream)} tokens, but one block needs {block_len}; "
+        raise UserError(f"the text is too short: {len(stream)} tokens, but one block needs {block_len}; "
                          "give more text or a smaller block length")
     blocks = stream[: n_blocks * block_len].view(n_blocks, block_len)  # (N, block_len)
     if max_blocks is not None and max_blocks < n_blocks:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .components import SUPPORTED_MODULE_TYPES, Components, linear_layout_weight
+from ..errors import UserError
 
 # MLP output projections, whose inputs are the hidden units (ComptuneLM/Llama, GPT-2)
 NEURON_MODULE_PATTERNS = ("*mlp.down_proj", "*mlp.c_proj", "*mlp.dense_4h_to_h")  # Llama/ComptuneLM, GPT-2, GPT-NeoX
@@ -55,5 +56,5 @@ def neuron_components(model: nn.Module, paths: list[str]) -> dict[str, Component
 def default_neuron_modules(model: nn.Module) -> list[str]:
     paths = [p for p in linear_module_paths(model) if any(fnmatch.fnmatch(p, pat) for pat in NEURON_MODULE_PATTERNS)]
     if not paths:
-        raise ValueError(f"found no MLP output projection ({', '.join(NEURON_MODULE_PATTERNS)}) for the neuron basis; name the modules")
+        raise UserError(f"found no MLP output projection ({', '.join(NEURON_MODULE_PATTERNS)}) for the neuron basis; name the modules")
     return paths

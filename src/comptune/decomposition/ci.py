@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ..config import StrictConfig
+from ..errors import UserError
 
 
 LAYERWISE_TYPES = ("layerwise_mlp", "vector_mlp", "shared_mlp")
@@ -45,12 +46,12 @@ class CIConfig(StrictConfig):
     @model_validator(mode="after")
     def _check_sizes(self) -> "CIConfig":
         if any(h <= 0 for h in self.hidden_dims):
-            raise ValueError(f"hidden_dims must be positive, got {self.hidden_dims}")
+            raise UserError(f"hidden_dims must be positive, got {self.hidden_dims}")
         if self.type == "global_transformer":
             if self.d_model % self.n_heads:
-                raise ValueError(f"CI d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+                raise UserError(f"CI d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
             if (self.d_model // self.n_heads) % 2:
-                raise ValueError(f"CI head size d_model/n_heads={self.d_model // self.n_heads} must be even for RoPE")
+                raise UserError(f"CI head size d_model/n_heads={self.d_model // self.n_heads} must be even for RoPE")
         return self
 
     def sizes(self) -> dict:

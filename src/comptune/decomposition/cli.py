@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from ..errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,10 +90,10 @@ def load_blocks(data: str, tokenizer, block_len: int, max_blocks: int | None):
 
         tensors = load_safetensors(data)
         if "blocks" not in tensors:
-            raise ValueError(f"{data} has no `blocks` tensor (found {sorted(tensors)[:5]}); save token ids [N, T] under the key 'blocks'")
+            raise UserError(f"{data} has no `blocks` tensor (found {sorted(tensors)[:5]}); save token ids [N, T] under the key 'blocks'")
         blocks = tensors["blocks"]
         if blocks.ndim != 2 or blocks.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"`blocks` in {data} must be an integer tensor [N, T], got {blocks.dtype} {tuple(blocks.shape)}")
+            raise UserError(f"`blocks` in {data} must be an integer tensor [N, T], got {blocks.dtype} {tuple(blocks.shape)}")
         return blocks.long()[:max_blocks]
     from ..corpus.datasets import dataset_blocks
 
@@ -140,10 +141,10 @@ def _report(args) -> int:
             raise FileNotFoundError(f"{args.decomposition} is not a decomposition folder: {META_NAME} is missing")
         recorded = json.loads(meta_path.read_text())["target"].get("name_or_path")
         if not recorded or not Path(recorded).is_dir():
-            raise ValueError(f"the decomposition does not record a target folder that exists here ({recorded!r}); pass --model")
+            raise UserError(f"the decomposition does not record a target folder that exists here ({recorded!r}); pass --model")
         model_dir = Path(recorded)
     if (args.target is None) != (args.reference is None):
-        raise ValueError("--target and --reference go together (e.g. --target parallel.de --reference general_en)")
+        raise UserError("--target and --reference go together (e.g. --target parallel.de --reference general_en)")
     model, tokenizer = load_model_and_tokenizer(model_dir)
     decomposition = Decomposition.load(args.decomposition, model)
     blocks = load_blocks(args.data, tokenizer, args.block_len, args.blocks)

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
+from ..errors import UserError
 
 SUPPORTED_MODULE_TYPES = (nn.Linear, Conv1D)
 
@@ -23,7 +24,7 @@ def module_kind(module: nn.Module) -> str:
         return "linear"
     if isinstance(module, Conv1D):
         return "conv1d"
-    raise ValueError(
+    raise UserError(
         f"cannot decompose a {type(module).__name__}: only nn.Linear and transformers Conv1D weights are supported; "
         "choose patterns that match linear layers only"
     )
@@ -43,7 +44,7 @@ def parse_component_key(key: str) -> tuple[str, int]:
     """"h.3.attn.v_proj:513" -> ("h.3.attn.v_proj", 513)."""
     path, sep, idx = key.rpartition(":")
     if not sep or not path or not idx.isdigit():
-        raise ValueError(f"component key {key!r} is not of the form '<module path>:<index>' (e.g. 'h.3.attn.v_proj:513')")
+        raise UserError(f"component key {key!r} is not of the form '<module path>:<index>' (e.g. 'h.3.attn.v_proj:513')")
     return path, int(idx)
 
 
@@ -72,10 +73,10 @@ def source_components(source: ComponentSource, path: str) -> Components:
 def validate_keys(source: ComponentSource, keys: list[str]) -> dict[str, list[int]]:
     """Group keys by module, checking each names a decomposed module and an index in 0..C−1."""
     if not keys:
-        raise ValueError("no component keys given; select at least one subcomponent ('<module path>:<index>')")
+        raise UserError("no component keys given; select at least one subcomponent ('<module path>:<index>')")
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
-        raise ValueError(f"component keys repeat: {dup}")
+        raise UserError(f"component keys repeat: {dup}")
     paths = source_module_paths(source)
     by_module: dict[str, list[int]] = {}
     sizes: dict[str, int] = {}
@@ -83,11 +84,11 @@ def validate_keys(source: ComponentSource, keys: list[str]) -> dict[str, list[in
         path, idx = parse_component_key(key)
         if path not in paths:
             valid = ", ".join(f"{p} (0..{source_components(source, p).V.shape[1] - 1})" for p in paths)
-            raise ValueError(f"unknown component key {key!r}: module {path!r} is not in the decomposition; valid modules (index range): {valid}")
+            raise UserError(f"unknown component key {key!r}: module {path!r} is not in the decomposition; valid modules (index range): {valid}")
         if path not in sizes:
             sizes[path] = source_components(source, path).V.shape[1]
         if idx >= sizes[path]:
-            raise ValueError(f"unknown component key {key!r}: {path} has {sizes[path]} subcomponents, valid indices 0..{sizes[path] - 1}")
+            raise UserError(f"unknown component key {key!r}: {path} has {sizes[path]} subcomponents, valid indices 0..{sizes[path] - 1}")
         by_module.setdefault(path, []).append(idx)
     return by_module
 
@@ -97,7 +98,7 @@ def module_keys(source: ComponentSource, paths: list[str]) -> list[str]:
     known = source_module_paths(source)
     for path in paths:
         if path not in known:
-            raise ValueError(f"module {path!r} is not in the decomposition; valid modules: {', '.join(known)}")
+            raise UserError(f"module {path!r} is not in the decomposition; valid modules: {', '.join(known)}")
     return [format_component_key(path, c) for path in paths for c in range(source_components(source, path).V.shape[1])]
 
 
@@ -107,9 +108,9 @@ class LinearComponents(nn.Module):
     def __init__(self, d_in: int, d_out: int, C: int, kind: str = "linear"):
         super().__init__()
         if C <= 0:
-            raise ValueError(f"the number of subcomponents C must be positive, got {C}")
+            raise UserError(f"the number of subcomponents C must be positive, got {C}")
         if kind not in ("linear", "conv1d"):
-            raise ValueError(f"kind must be 'linear' or 'conv1d', got {kind!r}")
+            raise UserError(f"kind must be 'linear' or 'conv1d', got {kind!r}")
         self.d_in, self.d_out, self.C, self.kind = d_in, d_out, C, kind
         # init of the reference: V ~ N(0, 1/d_in), U ~ N(0, 1/C)
         self.V = nn.Parameter(torch.randn(d_in, C) / math.sqrt(d_in))  # [d_in, C]

@@ -29,6 +29,7 @@ from ..model.fingerprint import weights_fingerprint
 from .ci import CIConfig, build_ci_fn, dashed
 from .components import SUPPORTED_MODULE_TYPES, LinearComponents, linear_layout_weight, module_kind
 from .sigmoids import lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
+from ..errors import UserError, UserKeyError
 
 FORMAT = "comptune-decomposition"
 FORMAT_VERSION = 1
@@ -92,7 +93,7 @@ class Decomposition(nn.Module):
 
     def get_components(self, path: str) -> LinearComponents:
         if path not in self.module_paths:
-            raise KeyError(f"module {path!r} is not decomposed; decomposed modules: {', '.join(self.module_paths)}")
+            raise UserKeyError(f"module {path!r} is not decomposed; decomposed modules: {', '.join(self.module_paths)}")
         return self.components[dashed(path)]
 
     def C(self, path: str) -> int:
@@ -175,7 +176,7 @@ class Decomposition(nn.Module):
         """
         unknown = sorted((set(masks) | set(delta_masks or {}) | set(routing or {})) - set(self.module_paths))
         if unknown:
-            raise KeyError(f"masks given for modules that are not decomposed: {unknown}; decomposed: {', '.join(self.module_paths)}")
+            raise UserKeyError(f"masks given for modules that are not decomposed: {unknown}; decomposed: {', '.join(self.module_paths)}")
         with self._hooks_set(_HookState(masks=masks, delta_masks=delta_masks or {}, routing=routing or {})):
             return logits_of(self.target(input_ids))
 
@@ -251,7 +252,7 @@ class Decomposition(nn.Module):
             raise FileNotFoundError(f"{directory} is not a decomposition folder: {META_NAME} is missing")
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise UserError(
                 f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} file (format={meta.get('format')!r}, "
                 f"version={meta.get('format_version')!r}); Goodfire runs must first be converted with `comptune import-goodfire`"
             )
@@ -271,7 +272,7 @@ class Decomposition(nn.Module):
         known = {f"components.{p}.{n}" for p in modules for n in "VU"}
         unexpected = sorted(k for k in tensors if k not in known and not k.startswith("ci_fn."))
         if unexpected:
-            raise ValueError(f"{directory / WEIGHTS_NAME} holds tensors for modules not listed in {META_NAME}: {unexpected[:5]}")
+            raise UserError(f"{directory / WEIGHTS_NAME} holds tensors for modules not listed in {META_NAME}: {unexpected[:5]}")
         decomposition = cls(target, components, ci_fn.to(device), ci_config)
         decomposition.config = meta.get("config")
         decomposition.provenance = meta.get("provenance") or {}
@@ -281,7 +282,7 @@ class Decomposition(nn.Module):
 def resolve_patterns(target: nn.Module, patterns: dict[str, int]) -> dict[str, int]:
     """{fnmatch pattern: C} -> {module path: C}, with clear errors for every way this can go wrong."""
     if not patterns:
-        raise ValueError("no module patterns given; pass e.g. {'h.*.attn.*_proj': 256}")
+        raise UserError("no module patterns given; pass e.g. {'h.*.attn.*_proj': 256}")
     names = [n for n, _ in target.named_modules() if n]
     linear_names = [n for n, m in target.named_modules() if isinstance(m, SUPPORTED_MODULE_TYPES)]
     modules = dict(target.named_modules())
@@ -289,17 +290,17 @@ def resolve_patterns(target: nn.Module, patterns: dict[str, int]) -> dict[str, i
     matched_by: dict[str, str] = {}
     for pattern, c in patterns.items():
         if not isinstance(c, int) or isinstance(c, bool) or c <= 0:
-            raise ValueError(f"C for pattern {pattern!r} must be a positive integer, got {c!r}")
+            raise UserError(f"C for pattern {pattern!r} must be a positive integer, got {c!r}")
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            raise ValueError(
+            raise UserError(
                 f"pattern {pattern!r} matches no module of the target; its linear modules include: "
                 f"{', '.join(linear_names[:12])}{' ...' if len(linear_names) > 12 else ''}"
             )
         for n in hits:
             module_kind(modules[n])  # raises for unsupported types, naming the type
             if n in matched_by:
-                raise ValueError(f"module {n!r} is matched by two patterns, {matched_by[n]!r} and {pattern!r}; make them disjoint")
+                raise UserError(f"module {n!r} is matched by two patterns, {matched_by[n]!r} and {pattern!r}; make them disjoint")
             matched_by[n] = pattern
             C[n] = c
     return C
@@ -309,7 +310,7 @@ def _check_target_matches(target: nn.Module, modules: dict[str, dict], fingerpri
     named = dict(target.named_modules())
     missing = sorted(p for p in modules if p not in named)
     if missing:
-        raise ValueError(
+        raise UserError(
             f"decomposition {directory} names modules the target does not have: {missing[:5]}; "
             "load it onto the model it was made for"
         )
@@ -318,13 +319,13 @@ def _check_target_matches(target: nn.Module, modules: dict[str, dict], fingerpri
         kind = module_kind(module)
         d_out, d_in = linear_layout_weight(module).shape
         if (kind, d_in, d_out) != (info["kind"], info["d_in"], info["d_out"]):
-            raise ValueError(
+            raise UserError(
                 f"module {p} of the target is a {kind} with d_in={d_in}, d_out={d_out}, but decomposition {directory} "
                 f"was made for a {info['kind']} with d_in={info['d_in']}, d_out={info['d_out']}; load it onto the model it was made for"
             )
     ours = weights_fingerprint(target, [f"{p}.weight" for p in modules])
     if ours != fingerprint:
-        raise ValueError(
+        raise UserError(
             f"decomposition {directory} was made for a model whose decomposed weights have fingerprint {fingerprint}, "
             f"but this model's are {ours} (same shapes, different values); load the model the decomposition was made for"
         )
@@ -334,11 +335,11 @@ def _load_params(module: nn.Module, tensors: dict[str, torch.Tensor | None], pre
     expected = module.state_dict()
     missing = sorted(prefix + k for k in expected if tensors.get(k) is None)
     if missing:
-        raise ValueError(f"{directory / WEIGHTS_NAME} is missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}; the file is incomplete or from another format")
+        raise UserError(f"{directory / WEIGHTS_NAME} is missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}; the file is incomplete or from another format")
     unexpected = sorted(prefix + k for k in tensors if k not in expected)
     if unexpected:
-        raise ValueError(f"{directory / WEIGHTS_NAME} has tensors {unexpected[:5]} that the CI function in {META_NAME} does not have")
+        raise UserError(f"{directory / WEIGHTS_NAME} has tensors {unexpected[:5]} that the CI function in {META_NAME} does not have")
     for k, ref in expected.items():
         if tuple(tensors[k].shape) != tuple(ref.shape):
-            raise ValueError(f"tensor {prefix + k} in {directory / WEIGHTS_NAME} has shape {tuple(tensors[k].shape)}, expected {tuple(ref.shape)}")
+            raise UserError(f"tensor {prefix + k} in {directory / WEIGHTS_NAME} has shape {tuple(tensors[k].shape)}, expected {tuple(ref.shape)}")
     module.load_state_dict({k: tensors[k] for k in expected})

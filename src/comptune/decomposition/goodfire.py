@@ -42,6 +42,7 @@ from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCaus
 from .ci import CIConfig, build_ci_fn, dashed
 from .components import LinearComponents
 from .decomposed import Decomposition, resolve_patterns
+from ..errors import UserError, UserKeyError
 
 CONFIG_NAMES = ("final_config.yaml", "experiment_config.yaml")
 _CHECKPOINT_RE = re.compile(r"^model_(\d+)\.pth$")
@@ -90,7 +91,7 @@ def find_run_files(run_dir_or_file: str | Path) -> RunFiles:
     if not configs:
         raise FileNotFoundError(f"no {' or '.join(CONFIG_NAMES)} beside {checkpoint}; copy the run's config into {run_dir}")
     if len(configs) > 1:
-        raise ValueError(f"{run_dir} holds both {CONFIG_NAMES[0]} and {CONFIG_NAMES[1]}; keep the one that belongs to {checkpoint.name}")
+        raise UserError(f"{run_dir} holds both {CONFIG_NAMES[0]} and {CONFIG_NAMES[1]}; keep the one that belongs to {checkpoint.name}")
     return RunFiles(config=configs[0], checkpoint=checkpoint, step=step)
 
 
@@ -100,14 +101,14 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(
+        raise UserError(
             f"{path} holds pickled Python objects other than tensors, so it is refused (unpickling it could "
             f"execute arbitrary code). Re-save it as a plain state dict of tensors. Loader said: {str(e).splitlines()[-1]}"
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is not a readable torch checkpoint ({e})") from e
+        raise UserError(f"{path} is not a readable torch checkpoint ({e})") from e
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        raise UserError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return sd
 
 
@@ -152,17 +153,17 @@ def read_config(path: str | Path) -> GoodfireConfig:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"config {path} is not valid YAML ({e})") from e
+        raise UserError(f"config {path} is not valid YAML ({e})") from e
     if not isinstance(raw, dict):
-        raise ValueError(f"config {path} must hold a mapping")
+        raise UserError(f"config {path} must hold a mapping")
     try:
         if isinstance(raw.get("pd"), dict) and isinstance(raw.get("target"), dict):
             return _read_param_decomp_config(raw)
         if "pretrained_model_class" in raw and any(k in raw for k in ("module_info", "target_module_patterns")):
             return _read_spd_config(raw)
     except KeyError as e:
-        raise ValueError(f"config {path}: missing key {e.args[0]!r}") from e
-    raise ValueError(
+        raise UserError(f"config {path}: missing key {e.args[0]!r}") from e
+    raise UserError(
         f"config {path} matches no known Goodfire schema: expected `pd:` + `target:` (param-decomp "
         "experiment_config.yaml) or `pretrained_model_class` + `module_info`/`target_module_patterns` (spd final_config.yaml)"
     )
@@ -192,7 +193,7 @@ def _read_spd_config(d: dict) -> GoodfireConfig:
         ci = CIFnSpec(fn_type="mlp", hidden_dims=(n,) if n > 0 else ())
         sigmoid = "first_release"
     else:
-        raise KeyError("ci_config")
+        raise UserKeyError("ci_config")
     source = d.get("pretrained_model_name") or d.get("pretrained_model_name_hf") or d.get("pretrained_model_path")
     return GoodfireConfig(
         schema="spd", targets=targets, ci=ci, sigmoid_type=sigmoid,
@@ -229,7 +230,7 @@ def _ci_from_ci_config(c: dict) -> CIFnSpec:
 
 def _reject_identity_targets(identity_targets: Any) -> None:
     if identity_targets:
-        raise ValueError(
+        raise UserError(
             "the run decomposes inserted identity matrices (identity_module_info / identity_decomposition_targets); "
             "comptune decomposes existing linear weights only"
         )
@@ -257,13 +258,13 @@ def normalize_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             first_release_gates.setdefault(dashed, {})[leaf] = t
             continue
         if new in out:
-            raise ValueError(f"checkpoint holds both {key!r} and a key that also maps to {new!r}")
+            raise UserError(f"checkpoint holds both {key!r} and a key that also maps to {new!r}")
         out[new] = t
     for dashed, params in first_release_gates.items():
         out.update({f"ci_fn._ci_fns.{dashed}.{k}": v for k, v in _first_release_gate_as_mlp(dashed, params).items()})
     unknown = sorted(k for k in out if not k.startswith(("target_model.", "_components.", "ci_fn.")))
     if unknown:
-        raise ValueError(f"checkpoint keys in no known Goodfire layout: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        raise UserError(f"checkpoint keys in no known Goodfire layout: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
     return out
 
 
@@ -299,7 +300,7 @@ def _first_release_gate_as_mlp(dashed: str, p: dict[str, torch.Tensor]) -> dict[
         }
     if set(p) == {"weight", "bias"}:  # z = a·weight[c] + bias[c]
         return {"layers.0.W": p["weight"][:, None, None], "layers.0.b": p["bias"][:, None]}
-    raise ValueError(f"first-release gate gates.{dashed} has unknown parameters {sorted(p)}")
+    raise UserError(f"first-release gate gates.{dashed} has unknown parameters {sorted(p)}")
 
 
 @dataclass
@@ -340,7 +341,7 @@ def comptune_config_from_llama_simple_mlp(model_config: dict) -> ComptuneLMConfi
     """
     c = {**_LLAMA_SIMPLE_MLP_DEFAULTS, **model_config}
     if c.get("model_type", "LlamaSimpleMLP") != "LlamaSimpleMLP":
-        raise ValueError(f"model_type {c['model_type']!r} is not LlamaSimpleMLP")
+        raise UserError(f"model_type {c['model_type']!r} is not LlamaSimpleMLP")
     unsupported = [
         msg for bad, msg in (
             (c["attn_bias"] or c["mlp_bias"], "biases"),
@@ -351,7 +352,7 @@ def comptune_config_from_llama_simple_mlp(model_config: dict) -> ComptuneLMConfi
         ) if bad
     ]
     if unsupported:
-        raise ValueError(f"their LlamaSimpleMLP target uses {', '.join(unsupported)}, which ComptuneLM cannot represent")
+        raise UserError(f"their LlamaSimpleMLP target uses {', '.join(unsupported)}, which ComptuneLM cannot represent")
     return ComptuneLMConfig(
         vocab_size=c["vocab_size"], n_layer=c["n_layer"], d_model=c["n_embd"], n_head=c["n_head"],
         d_mlp=c["n_intermediate"], n_ctx=min(c["n_ctx"], c["block_size"]), rope_base=float(c["rotary_base"]),
@@ -390,7 +391,7 @@ def load_target_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], *
     tied = getattr(model, "_tied_weights_keys", None)
     for dst, src in (tied.items() if isinstance(tied, dict) else ()):  # a tied pair may be saved under one name or both
         if dst in sd and src in sd and not torch.equal(sd[dst], sd[src]):
-            raise ValueError(f"{what}: {dst} and {src} differ, but the model ties them")
+            raise UserError(f"{what}: {dst} and {src} differ, but the model ties them")
         if src in sd:
             sd.setdefault(dst, sd[src])
         elif dst in sd:
@@ -404,10 +405,10 @@ def _load_exact(module: nn.Module, sd: dict[str, torch.Tensor], *, what: str) ->
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
-        raise KeyError(f"{what} do not fit the {type(module).__name__} built for them: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise UserKeyError(f"{what} do not fit the {type(module).__name__} built for them: missing {missing[:5]}, unexpected {unexpected[:5]}")
     bad = [k for k in expected if tuple(expected[k].shape) != tuple(sd[k].shape)]
     if bad:
-        raise ValueError(f"{what}: {bad[0]} has shape {tuple(sd[bad[0]].shape)}, the {type(module).__name__} built for them needs {tuple(expected[bad[0]].shape)}")
+        raise UserError(f"{what}: {bad[0]} has shape {tuple(sd[bad[0]].shape)}, the {type(module).__name__} built for them needs {tuple(expected[bad[0]].shape)}")
     module.load_state_dict(sd, strict=True)
 
 
@@ -416,7 +417,7 @@ def _check_same_target(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
     expected = model.state_dict()
     for k, v in state_dict.items():
         if k not in expected or expected[k].shape != v.shape or not torch.equal(expected[k].float(), v.float()):
-            raise ValueError(f"{what} differ from the given target at {k!r}: this decomposition belongs to a different model")
+            raise UserError(f"{what} differ from the given target at {k!r}: this decomposition belongs to a different model")
 
 
 def _sha256(path: Path) -> str:
@@ -456,14 +457,14 @@ def resolve_target(
         model, origin = _target_from_weights(Path(target_weights), config)
     elif checkpoint_target:
         if not _is_llama_simple_mlp(config.target_class):
-            raise ValueError(
+            raise UserError(
                 f"the run's target is {config.target_class}, which comptune cannot build from the checkpoint alone; "
                 "pass the model itself (import_goodfire(..., target=model)) or --target-weights (a local HF model folder)"
             )
         pile = ComptuneLMConfig(**PILE_4L)
         shapes = {k: tuple(v.shape) for k, v in checkpoint_target.items()}
         if {k: s for k, s in _comptune_shapes(pile).items() if k in shapes} != shapes or "wte.weight" not in shapes:
-            raise ValueError(
+            raise UserError(
                 "the checkpoint's target_model.* weights are a LlamaSimpleMLP other than the paper's Pile 4L, and their "
                 "head count is not recorded in the checkpoint; pass --target-weights PRETRAIN_RUN_DIR "
                 "(model_config.yaml + checkpoints/model_step_<n>.pt)"
@@ -472,7 +473,7 @@ def resolve_target(
         load_target_weights(model, checkpoint_target, what="target_model.* weights of the checkpoint")
         return model, {"target": "Pile 4L (build_pile_4l_target), weights from the checkpoint's target_model.*", "built": True}
     else:
-        raise ValueError(
+        raise UserError(
             "the checkpoint holds no target_model.* weights; pass --target-weights PRETRAIN_RUN_DIR "
             "(model_config.yaml + checkpoints/model_step_<n>.pt) or a local HF model folder, or target=model"
         )
@@ -491,7 +492,7 @@ def _target_from_weights(path: Path, config: GoodfireConfig) -> tuple[nn.Module,
         return model.eval(), {"target": f"Hugging Face model {path}"}
     model_config, sd, checkpoint = read_pretrain_run(path)
     if not (_is_llama_simple_mlp(config.target_class) or model_config.get("model_type") == "LlamaSimpleMLP"):
-        raise ValueError(f"target run {path} is not a LlamaSimpleMLP (the run's target class is {config.target_class})")
+        raise UserError(f"target run {path} is not a LlamaSimpleMLP (the run's target class is {config.target_class})")
     model = ComptuneLMForCausalLM(comptune_config_from_llama_simple_mlp(model_config)).eval()
     load_target_weights(model, sd, what=f"target weights {checkpoint}")
     return model, {"target": f"LlamaSimpleMLP pretraining run, weights {checkpoint}", "model_config": model_config, "built": True}
@@ -511,7 +512,7 @@ def ci_config_for(spec: CIFnSpec) -> CIConfig:
         return CIConfig(type=_LAYERWISE_CI_TYPES[spec.fn_type], hidden_dims=list(spec.hidden_dims))
     if spec.fn_type == "global_shared_transformer":
         if len(spec.mlp_hidden_dims) != 1:
-            raise ValueError(
+            raise UserError(
                 f"the run's CI transformer has MLP hidden widths {list(spec.mlp_hidden_dims)}; comptune's "
                 "GlobalTransformerCI has exactly one hidden layer (d_ff)"
             )
@@ -524,7 +525,7 @@ def ci_config_for(spec: CIFnSpec) -> CIConfig:
         "global_reverse_residual": "the reverse-residual global CI function",
         "layerwise_global_mlp": "the layerwise-global MLP",
     }.get(spec.fn_type, "an unknown CI function")
-    raise ValueError(
+    raise UserError(
         f"the run's CI function {spec.fn_type!r} ({what}) has no comptune counterpart; supported: 'mlp' "
         "(LayerwiseMLPCI), 'vector_mlp' (VectorMLPCI), 'shared_mlp' (SharedMLPCI) and 'global_shared_transformer' (GlobalTransformerCI)"
     )
@@ -552,9 +553,9 @@ def ci_state_dict(spec: CIFnSpec, ci_fn: dict[str, torch.Tensor]) -> dict[str, t
         for k, v in ci_fn.items():
             m = _SHARED_MLP_KEY_RE.match(k)
             if m is None:
-                raise ValueError(f"checkpoint CI key ci_fn.{k} is not part of a shared_mlp CI function (_ci_fns.<module>.layers.<k>.W/b)")
+                raise UserError(f"checkpoint CI key ci_fn.{k} is not part of a shared_mlp CI function (_ci_fns.<module>.layers.<k>.W/b)")
             if v.ndim != (2 if m["leaf"] == "W" else 1):
-                raise ValueError(
+                raise UserError(
                     f"checkpoint CI tensor ci_fn.{k} has shape {tuple(v.shape)}, but a shared_mlp stores W [in, out] and "
                     "b [out]; does the config's CI function type match the checkpoint?"
                 )
@@ -564,7 +565,7 @@ def ci_state_dict(spec: CIFnSpec, ci_fn: dict[str, torch.Tensor]) -> dict[str, t
     if not spec.is_global:
         for k, v in ci_fn.items():
             if not k.startswith("_ci_fns."):
-                raise ValueError(f"checkpoint CI key ci_fn.{k} is not layerwise, but the config says {spec.fn_type!r}")
+                raise UserError(f"checkpoint CI key ci_fn.{k} is not layerwise, but the config says {spec.fn_type!r}")
             out["mlps." + k.removeprefix("_ci_fns.")] = v
         return out
     head_dim = spec.d_model // spec.n_heads
@@ -572,7 +573,7 @@ def ci_state_dict(spec: CIFnSpec, ci_fn: dict[str, torch.Tensor]) -> dict[str, t
     for k, v in ci_fn.items():
         m = _GLOBAL_KEY_RE.match(k)
         if m is None:
-            raise ValueError(f"checkpoint CI key ci_fn.{k} is not part of a {spec.fn_type} CI function")
+            raise UserError(f"checkpoint CI key ci_fn.{k} is not part of a {spec.fn_type} CI function")
         if m["io"]:
             name = {"_input_projector": "input_proj", "_output_head": "output_head"}[m["io"]]
             out[f"{name}.{'weight' if m['io_leaf'] == 'W' else 'bias'}"] = v.T if m["io_leaf"] == "W" else v
@@ -580,7 +581,7 @@ def ci_state_dict(spec: CIFnSpec, ci_fn: dict[str, torch.Tensor]) -> dict[str, t
             out[f"blocks.{m['blk']}.attn.{'o' if m['proj'] == 'out' else m['proj']}_proj.weight"] = v
         elif m["rope"]:
             if v.shape != expected_inv_freq.shape or not torch.allclose(v.float(), expected_inv_freq, rtol=1e-5):
-                raise ValueError(
+                raise UserError(
                     f"ci_fn.{k} does not match RoPE with head size {head_dim} and base {spec.rope_base}: "
                     "the config's n_heads or rope_base disagree with the checkpoint"
                 )
@@ -594,7 +595,7 @@ def to_decomposition(config: GoodfireConfig, checkpoint: ReferenceCheckpoint, ta
     patterns: dict[str, int] = {}
     for pattern, c in config.targets:
         if pattern in patterns:
-            raise ValueError(f"module pattern {pattern!r} is listed twice in the run's config")
+            raise UserError(f"module pattern {pattern!r} is listed twice in the run's config")
         patterns[pattern] = c
     C = resolve_patterns(target, patterns)
     modules = dict(target.named_modules())
@@ -602,21 +603,21 @@ def to_decomposition(config: GoodfireConfig, checkpoint: ReferenceCheckpoint, ta
     for path, c in C.items():
         stored = checkpoint.components.get(dashed(path))
         if stored is None or "V" not in stored or "U" not in stored:
-            raise KeyError(f"checkpoint has no _components.{dashed(path)}.V/.U for decomposed module {path}")
+            raise UserKeyError(f"checkpoint has no _components.{dashed(path)}.V/.U for decomposed module {path}")
         comps = LinearComponents.for_module(modules[path], c)
         for name, want in (("V", (comps.d_in, c)), ("U", (c, comps.d_out))):
             if tuple(stored[name].shape) != want:
-                raise ValueError(f"_components.{dashed(path)}.{name} has shape {tuple(stored[name].shape)}, expected {want} (C={c} from the config)")
+                raise UserError(f"_components.{dashed(path)}.{name} has shape {tuple(stored[name].shape)}, expected {want} (C={c} from the config)")
         with torch.no_grad():
             comps.V.copy_(stored["V"])
             comps.U.copy_(stored["U"])
         bias = getattr(modules[path], "bias", None)
         if "bias" in stored and (bias is None or not torch.equal(stored["bias"].float(), bias.detach().float())):
-            raise ValueError(f"_components.{dashed(path)}.bias differs from the target's bias of {path}")
+            raise UserError(f"_components.{dashed(path)}.bias differs from the target's bias of {path}")
         components[path] = comps
     extra = sorted(set(checkpoint.components) - {dashed(p) for p in C})
     if extra:
-        raise ValueError(f"checkpoint has components {extra[:5]} for modules the config's patterns do not match")
+        raise UserError(f"checkpoint has components {extra[:5]} for modules the config's patterns do not match")
     for src, tgt in config.tied_weights:  # as their loader does after load_state_dict
         with torch.no_grad():
             components[tgt].U.copy_(components[src].V.T)
@@ -647,7 +648,7 @@ def import_goodfire(
     files = find_run_files(run_dir_or_file)
     config = read_config(files.config)
     if config.sigmoid_type not in ("leaky_hard", "first_release"):
-        raise ValueError(
+        raise UserError(
             f"the run squashes causal importances with sigmoid_type={config.sigmoid_type!r}; comptune computes them with "
             "the leaky hard sigmoids only, so the imported importances would not be the run's"
         )

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .decomposed import Decomposition
+from ..errors import UserError
 
 Masks = dict[str, torch.Tensor]
 # (masked output, target output) -> scalar loss; None means KL(target ‖ masked)
@@ -197,7 +198,7 @@ class PersistentPGD:
                 for name, store in (("source", self.sources), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
                     t = tensors[f"{p}.{name}"]
                     if t.shape != store[p].shape:
-                        raise ValueError(f"checkpointed adversary source {p}.{name} has shape {tuple(t.shape)}, expected {tuple(store[p].shape)} (batch size or C changed)")
+                        raise UserError(f"checkpointed adversary source {p}.{name} has shape {tuple(t.shape)}, expected {tuple(store[p].shape)} (batch size or C changed)")
                     store[p].copy_(t)
 
 

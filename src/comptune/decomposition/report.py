@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .decomposed import Decomposition
 from .losses import eval_pgd_kl, kl_target_to_masked, sample_stochastic_masks
+from ..errors import UserError
 
 ROUNDING_THRESHOLDS = (0.0, 0.1, 0.5)
 ALIVE_THRESHOLD = 1e-6
@@ -39,7 +40,7 @@ def quality_report(
     CI > 1e-6, "total"}, "pgd_kl"}.
     """
     if blocks.ndim != 2 or blocks.shape[0] == 0 or blocks.shape[1] < 2:
-        raise ValueError(f"quality_report needs token blocks [N, T] with N ≥ 1 and T ≥ 2, got shape {tuple(blocks.shape)}")
+        raise UserError(f"quality_report needs token blocks [N, T] with N ≥ 1 and T ≥ 2, got shape {tuple(blocks.shape)}")
     device = next(decomposition.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     paths = decomposition.module_paths
@@ -93,7 +94,7 @@ def faithfulness_by_dataset(decomposition: Decomposition, datasets: dict[str, to
     device = next(decomposition.parameters()).device
     for name, blocks in datasets.items():
         if blocks.ndim != 2 or blocks.shape[0] == 0 or blocks.shape[1] < 2:
-            raise ValueError(f"dataset {name!r} needs token blocks [N, T] with N ≥ 1 and T ≥ 2, got shape {tuple(blocks.shape)}")
+            raise UserError(f"dataset {name!r} needs token blocks [N, T] with N ≥ 1 and T ≥ 2, got shape {tuple(blocks.shape)}")
         target = masked = l0 = 0.0
         for start in range(0, blocks.shape[0], batch_size):
             ids = blocks[start : start + batch_size].to(device)

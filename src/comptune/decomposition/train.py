@@ -52,6 +52,7 @@ from .losses import (
     sample_subset_routing,
 )
 from .report import quality_report
+from ..errors import NonFiniteError, UserError
 
 # The paper's 24 matrices of the 4-layer model and their C (SPEC §1).
 PAPER_PATTERNS = {
@@ -122,10 +123,10 @@ class DecomposeConfig(StrictConfig):
     @model_validator(mode="after")
     def _check(self) -> "DecomposeConfig":
         if not self.patterns:
-            raise ValueError("patterns must name at least one module pattern with its C")
+            raise UserError("patterns must name at least one module pattern with its C")
         bad = {k: v for k, v in self.patterns.items() if v <= 0}
         if bad:
-            raise ValueError(f"C must be positive for every pattern, got {bad}")
+            raise UserError(f"C must be positive for every pattern, got {bad}")
         return self
 
     @classmethod
@@ -133,7 +134,7 @@ class DecomposeConfig(StrictConfig):
         """Named starting points: "paper" (the defaults) and "small" (a ~4-layer d=128 model on 2 CPU cores)."""
         presets = {"paper": {}, "small": SMALL_PRESET}
         if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+            raise UserError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
         return cls.model_validate({**presets[name], **overrides})
 
 
@@ -249,18 +250,18 @@ def decompose(
     """
     out_dir = Path(out_dir)
     if train_blocks.shape[0] < config.batch_size:
-        raise ValueError(f"{train_blocks.shape[0]} training blocks are fewer than one batch (batch_size={config.batch_size}); give more data or a smaller batch")
+        raise UserError(f"{train_blocks.shape[0]} training blocks are fewer than one batch (batch_size={config.batch_size}); give more data or a smaller batch")
     embeddings = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
     if embeddings is not None and not train_blocks.is_floating_point() and int(train_blocks.max()) >= embeddings.num_embeddings:
-        raise ValueError(f"training blocks hold token id {int(train_blocks.max())} but the model has {embeddings.num_embeddings} embeddings: "
+        raise UserError(f"training blocks hold token id {int(train_blocks.max())} but the model has {embeddings.num_embeddings} embeddings: "
                          "the data was tokenized with another tokenizer")
     rank, world_size, device = _dist_setup()
     if config.batch_size % world_size:
-        raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes ({world_size})")
+        raise UserError(f"batch_size={config.batch_size} must be divisible by the number of processes ({world_size})")
     ckpt_path = out_dir / CHECKPOINT_NAME
     resuming = ckpt_path.is_file()
     if resuming and not resume:
-        raise ValueError(f"{out_dir} already holds a checkpoint; resume it (--resume) or choose a new output folder")
+        raise UserError(f"{out_dir} already holds a checkpoint; resume it (--resume) or choose a new output folder")
 
     # identical initialisation on every rank
     torch.manual_seed(config.seed)
@@ -358,7 +359,7 @@ def _init_from(decomposition: Decomposition, source_dir: Path, target: nn.Module
     theirs = {p: source.C(p) for p in source.module_paths}
     if ours != theirs or source.ci_config.sizes() != decomposition.ci_config.sizes():
         meta = json.loads((source_dir / META_NAME).read_text())
-        raise ValueError(
+        raise UserError(
             f"--init-from {source_dir} does not match this run: it decomposes {_describe(theirs)} with CI {source.ci_config.type} "
             f"(target fingerprint {meta['target']['fingerprint']}), this run's config asks for {_describe(ours)} with CI "
             f"{decomposition.ci_config.type}; use the config the source was made with (its decompose_config.json) or start afresh"
@@ -390,13 +391,13 @@ def basis_init(decomposition: Decomposition, init: dict[str, str]) -> None:
 
     unused = [pat for pat in init if not any(fnmatch.fnmatch(p, pat) for p in decomposition.module_paths)]
     if unused:
-        raise ValueError(f"init patterns {unused} match no decomposed module; decomposed: {', '.join(decomposition.module_paths)}")
+        raise UserError(f"init patterns {unused} match no decomposed module; decomposed: {', '.join(decomposition.module_paths)}")
     for path in decomposition.module_paths:
         kinds = {b for pat, b in init.items() if fnmatch.fnmatch(path, pat)}
         if not kinds:
             continue
         if len(kinds) > 1:
-            raise ValueError(f"init patterns give module {path} two bases {sorted(kinds)}; make them disjoint")
+            raise UserError(f"init patterns give module {path} two bases {sorted(kinds)}; make them disjoint")
         basis = kinds.pop()
         comp = decomposition.get_components(path)
         W = linear_layout_weight(decomposition.target_module(path)).detach().to(comp.V.dtype)  # [d_out, d_in]
@@ -408,7 +409,7 @@ def basis_init(decomposition: Decomposition, init: dict[str, str]) -> None:
             V, U = svd_components(decomposition.target, [path])[path]
             r = V.shape[1]
         if comp.C < r:
-            raise ValueError(f"init {basis!r} for {path} needs C ≥ {r} (one component per {'unit' if basis == 'neurons' else 'singular direction'}); "
+            raise UserError(f"init {basis!r} for {path} needs C ≥ {r} (one component per {'unit' if basis == 'neurons' else 'singular direction'}); "
                              f"it has C = {comp.C}")
         comp.V[:, :r] = V.to(comp.V)
         comp.U[:r] = U.to(comp.U)
@@ -480,7 +481,7 @@ class VPDTrainer:
         )
         if not torch.isfinite(total):
             bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["total"]
-            raise FloatingPointError(f"the {', '.join(bad)} loss term went non-finite at step {step} "
+            raise NonFiniteError(f"the {', '.join(bad)} loss term went non-finite at step {step} "
                                      f"({ {k: v.item() for k, v in terms.items()} }); nothing of this step was saved: resume from the last "
                                      "checkpoint (--resume) with a lower lr")
         with record_function("vpd/backward"):
@@ -560,9 +561,9 @@ def _checkpoint_meta(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("state", "{}"))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"checkpoint {path} is not a valid safetensors file ({e}); delete it to start afresh") from e
+        raise UserError(f"checkpoint {path} is not a valid safetensors file ({e}); delete it to start afresh") from e
     if "step" not in meta:
-        raise ValueError(f"{path} is not a decompose checkpoint (no training state in its metadata)")
+        raise UserError(f"{path} is not a decompose checkpoint (no training state in its metadata)")
     return meta
 
 
@@ -584,9 +585,9 @@ def _read_checkpoint(path: Path, config: DecomposeConfig, world_size: int) -> tu
     meta = _checkpoint_meta(path)
     changed = _changed_fields(meta["config"], config.model_dump(mode="json"))
     if changed:
-        raise ValueError(f"checkpoint {path} was written with a different config ({', '.join(changed)}); resume with the same config or use a new output folder")
+        raise UserError(f"checkpoint {path} was written with a different config ({', '.join(changed)}); resume with the same config or use a new output folder")
     if meta["world_size"] != world_size:
-        raise ValueError(f"checkpoint {path} was written by {meta['world_size']} processes, this run has {world_size}; resume with the same number")
+        raise UserError(f"checkpoint {path} was written by {meta['world_size']} processes, this run has {world_size}; resume with the same number")
     return load_safetensors(path), meta
 
 

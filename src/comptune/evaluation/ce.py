@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .._io import versions, write_json_atomic
 from ..model.loading import model_vocab_size
+from ..errors import UserError
 
 
 @dataclass
@@ -119,7 +120,7 @@ def model_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
 def _check_ids(name: str, blocks: torch.Tensor, vocab_size: int) -> None:
     lo, hi = int(blocks.min()), int(blocks.max())
     if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"dataset {name!r} holds token ids in [{lo}, {hi}] but the model's vocabulary has {vocab_size} "
+        raise UserError(f"dataset {name!r} holds token ids in [{lo}, {hi}] but the model's vocabulary has {vocab_size} "
                          "entries; tokenize it with the model's own tokenizer")
 
 
@@ -131,13 +132,13 @@ def evaluate_ce(model, datasets: dict[str, torch.Tensor], *, batch_size: int = 1
     mode for the evaluation and its training flag restored afterwards.
     """
     if not datasets:
-        raise ValueError("no datasets to evaluate")
+        raise UserError("no datasets to evaluate")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     known_vocab = model_vocab_size(model) if hasattr(model, "config") else None
     for name, blocks in datasets.items():
         if blocks.dim() != 2 or blocks.shape[0] < 1 or blocks.shape[1] < 2 or blocks.dtype != torch.long:
-            raise ValueError(f"dataset {name!r} must be a LongTensor [N >= 1, T >= 2] of token blocks, "
+            raise UserError(f"dataset {name!r} must be a LongTensor [N >= 1, T >= 2] of token blocks, "
                              f"got {blocks.dtype} {tuple(blocks.shape)}")
         if known_vocab is not None:  # before any forward: an out-of-range id would fail inside the embedding
             _check_ids(name, blocks, known_vocab)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from ..errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +96,7 @@ def _rollout(args) -> int:
     from .run import RolloutConfig, run_rollouts
 
     if not args.sample and (args.top_k is not None or args.temperature != 1.0):
-        raise ValueError("--temperature and --top-k apply to sampling; add --sample")
+        raise UserError("--temperature and --top-k apply to sampling; add --sample")
     cfg = RolloutConfig(
         model=args.model, compare=args.compare, prompts=args.prompt, max_new_tokens=args.max_new_tokens,
         greedy=not args.sample, temperature=args.temperature, top_k=args.top_k, seed=args.seed,

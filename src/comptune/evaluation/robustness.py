@@ -35,6 +35,7 @@ from pydantic import Field, field_validator
 
 from ..config import StrictConfig
 from ..tuning.edits import check_dose, dosed_scales
+from ..errors import NonFiniteError, UserError
 
 OVERLAP_WINDOW = 16  # tokens: an attacker window this long found in the evaluation text is a leak
 Attacker = Literal["full", "lora"]
@@ -71,7 +72,7 @@ class AttackConfig(StrictConfig):
     @classmethod
     def _positive_lrs(cls, v: list[float]) -> list[float]:
         if any(not (lr > 0) for lr in v):
-            raise ValueError(f"learning rates must be positive, got {v}")
+            raise UserError(f"learning rates must be positive, got {v}")
         return v
 
 
@@ -105,7 +106,7 @@ class DosableEdit:
     def plain_model(self, t: float = 1.0) -> nn.Module:
         """A standalone copy of the model at dose t (mergeable edits only)."""
         if not self.mergeable:
-            raise ValueError("a CI-gated edit depends on the input and has no merged (plain) model: "
+            raise UserError("a CI-gated edit depends on the input and has no merged (plain) model: "
                              "relearning and quantisation attacks need an ungated edit")
         self.set_dose(t)
         out = copy.deepcopy(self.model)
@@ -123,7 +124,7 @@ def dosable(edited: nn.Module, base_weights: dict[str, torch.Tensor]) -> Dosable
     merged = edited.merge_and_unload()
     params = dict(merged.named_parameters())
     if set(params) != set(base_weights):
-        raise ValueError("the merged edit's weights do not match the base model's: the edit belongs to another model")
+        raise UserError("the merged edit's weights do not match the base model's: the edit belongs to another model")
     changed = [n for n, p in params.items() if not torch.equal(p, base_weights[n])]
     base = {n: base_weights[n].detach().clone() for n in changed}
     merged_w = {n: params[n].detach().clone() for n in changed}
@@ -139,7 +140,7 @@ def recovery_step(steps: list[int], ce: list[float], edited_ce: float, base_ce: 
     removed: ce ≤ edited − fraction · (edited − base). None if it never does, or if the edit
     removed nothing (edited ≤ base)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise UserError(f"fraction must be in (0, 1], got {fraction}")
     removed = edited_ce - base_ce
     if not removed > 0:
         return None
@@ -157,7 +158,7 @@ def attacker_block(stream: torch.Tensor, n_tokens: int, seed: int, name: str) ->
     try:
         block, _ = take_budget(stream, n_tokens, seed)
     except ValueError as e:
-        raise ValueError(f"attacker data {name!r}: {e}") from None
+        raise UserError(f"attacker data {name!r}: {e}") from None
     return block
 
 
@@ -172,7 +173,7 @@ def check_disjoint(attack: torch.Tensor, others: dict[str, torch.Tensor], window
             if w not in spans:
                 spans[w] = {tuple(a[i : i + w]) for i in range(len(a) - w + 1)}
             if any(tuple(row[i : i + w]) in spans[w] for i in range(len(row) - w + 1)):
-                raise ValueError(f"the attacker data shares a {w}-token span with {name}: an attack must not train on text "
+                raise UserError(f"the attacker data shares a {w}-token span with {name}: an attack must not train on text "
                                  "it is evaluated on or that the edit was trained on; choose other attacker data")
 
 
@@ -221,7 +222,7 @@ def relearn_curve(model: nn.Module, block: torch.Tensor, eval_sets: dict[str, to
     for step in range(1, config.max_steps + 1):
         loss = next_token_ce(model_logits(net, ids), labels)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the {attacker} attacker's loss became {loss.item()} at step {step} with lr {lr}: lower the attacker lrs")
+            raise NonFiniteError(f"the {attacker} attacker's loss became {loss.item()} at step {step} with lr {lr}: lower the attacker lrs")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -252,7 +253,7 @@ def _int4_fake_quantised(model: nn.Module, group: int) -> nn.Module:
             w = net.get_submodule(path).weight
             d_out, d_in = w.shape
             if d_in % group:
-                raise ValueError(f"int4 group {group} does not divide the input size {d_in} of {path}; choose another int4_group")
+                raise UserError(f"int4 group {group} does not divide the input size {d_in} of {path}; choose another int4_group")
             g = w.reshape(d_out, d_in // group, group)
             scale = g.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 7  # symmetric: levels −7 … 7
             w.copy_((torch.round(g / scale).clamp(-8, 7) * scale).reshape(d_out, d_in))
@@ -435,7 +436,7 @@ def attack_single_edit(edit_dir: str | Path, config: AttackConfig, out_dir: str 
 
     edit_dir, out_dir = Path(edit_dir), Path(out_dir)
     if out_dir.resolve().is_relative_to(edit_dir.resolve()):
-        raise ValueError(f"--out {out_dir} lies inside the edit's folder {edit_dir}: an attack never writes there; choose another --out")
+        raise UserError(f"--out {out_dir} lies inside the edit's folder {edit_dir}: an attack never writes there; choose another --out")
     gated = is_ci_gated(edit_dir)  # also: a clear error if edit_dir holds no edit, before any loading
     model_dir = Path(model_dir) if model_dir is not None else bundled_model_dir()
     model, tokenizer = load_model_and_tokenizer(model_dir)
@@ -443,7 +444,7 @@ def attack_single_edit(edit_dir: str | Path, config: AttackConfig, out_dir: str 
     context = context_length(model)
     for field in ("block_len", "seq_len"):
         if context is not None and getattr(config, field) > context:
-            raise ValueError(f"{field} {getattr(config, field)} exceeds the model's context of {context} tokens; set {field} ≤ {context}")
+            raise UserError(f"{field} {getattr(config, field)} exceeds the model's context of {context} tokens; set {field} ≤ {context}")
     base_model = copy.deepcopy(model)
     base_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     decomposition = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..corpus.loading import encode_documents, separator_id
+from ..errors import UserError
 
 
 def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
@@ -21,7 +22,7 @@ def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
     sep = separator_id(tokenizer)
     ids = ([sep] if sep is not None else []) + list(ids)
     if not ids:
-        raise ValueError("empty prompt and no BOS token to start from")
+        raise UserError("empty prompt and no BOS token to start from")
     return torch.tensor([ids], dtype=torch.long)
 
 
@@ -32,15 +33,15 @@ def rollouts(models: dict, tokenizer, prompts: list[str], *, max_new_tokens: int
     `greedy=False` samples with `temperature` and, if given, `top_k` (otherwise the full distribution).
     """
     if not models:
-        raise ValueError("no models to roll out")
+        raise UserError("no models to roll out")
     if not prompts:
-        raise ValueError("no prompts given")
+        raise UserError("no prompts given")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not greedy and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+        raise UserError(f"temperature must be > 0 for sampling, got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        raise UserError(f"top_k must be >= 1 or None, got {top_k}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = {} if greedy else {"temperature": temperature, "top_k": top_k or 0, "top_p": 1.0}  # top_k 0: no cut
     rows = []

@@ -13,6 +13,7 @@ from ..config import StrictConfig
 from ..model.loading import context_length
 from .ce import EvalResult, evaluate_ce
 from .rollouts import rollouts
+from ..errors import UserError
 
 
 class EvalConfig(StrictConfig):
@@ -65,14 +66,14 @@ def run_eval(cfg: EvalConfig, *, model=None, tokenizer=None, progress: bool = Fa
         model_name = cfg.model or str(bundled_model_dir())
         model, tokenizer = load_model_and_tokenizer(model_name, device=cfg.device)
     elif tokenizer is None:
-        raise ValueError("run_eval: pass the tokenizer together with the model")
+        raise UserError("run_eval: pass the tokenizer together with the model")
     else:
         check_vocab(tokenizer, model)
         model_name = cfg.model or type(model).__name__  # cfg.model only labels an in-memory model
     context = context_length(model)
     block_len = cfg.block_len or min(context or 256, 256)
     if context is not None and block_len > context:
-        raise ValueError(f"block length {block_len} exceeds the model's context of {context} tokens; lower --block-len")
+        raise UserError(f"block length {block_len} exceeds the model's context of {context} tokens; lower --block-len")
     data = cfg.data or list(DEFAULT_EVAL_DATASETS)
     blocks, tokens_per_char = {}, {}
     for spec in data:
@@ -105,7 +106,7 @@ def run_rollouts(cfg: RolloutConfig) -> dict:
         has_own = (Path(path) / "tokenizer.json").is_file() or (Path(path) / "tokenizer_config.json").is_file()
         other, own_tokenizer = load_model_and_tokenizer(path, tokenizer_path=path if has_own else paths[0])
         if own_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"{path} has a different tokenizer from {paths[0]}; rollouts compare models that share one")
+            raise UserError(f"{path} has a different tokenizer from {paths[0]}; rollouts compare models that share one")
         models.append(other)
     rows = rollouts(dict(zip(_display_names(paths), models)), tokenizer, cfg.prompts, max_new_tokens=cfg.max_new_tokens,
                     greedy=cfg.greedy, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from ..errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +62,7 @@ def _scan(args) -> int:
     from .scan import plot_scan, render_scan_text, scan_report
 
     if args.bound <= 0:
-        raise ValueError(f"--bound must be > 0 nats, got {args.bound}")
+        raise UserError(f"--bound must be > 0 nats, got {args.bound}")
     model, tokenizer = load_model_and_tokenizer(args.model or bundled_model_dir())
     decomposition = None
     if args.basis == "components":

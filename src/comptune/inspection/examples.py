@@ -18,6 +18,7 @@ from collections import Counter
 import torch
 
 from ..decomposition.components import parse_component_key, validate_keys
+from ..errors import UserError
 
 # where a module's output goes before it reaches the residual stream
 _READER_OF = {"v_proj": "o_proj", "c_fc": "down_proj"}
@@ -58,7 +59,7 @@ def inspect_components(
     counter = 0  # tie-breaker so heap entries never compare tensors
     for name, blocks in datasets.items():
         if blocks.numel() == 0:
-            raise ValueError(f"dataset {name!r} is empty")
+            raise UserError(f"dataset {name!r} is empty")
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start : start + batch_size]  # [B, T]
             all_in.update(batch.flatten().tolist())

@@ -8,6 +8,7 @@ from pathlib import Path
 from .._io import versions
 from .examples import inspect_components, write_vector_effects
 from .stats import component_stats, rank_by_difference, rank_by_specificity
+from ..errors import UserError
 
 
 def inspection_report(
@@ -21,7 +22,7 @@ def inspection_report(
     from ..model.loading import load_model_and_tokenizer
 
     if target not in datasets:
-        raise ValueError(f"target {target!r} must be one of --datasets {datasets}")
+        raise UserError(f"target {target!r} must be one of --datasets {datasets}")
     model, tokenizer = load_model_and_tokenizer(model_dir or bundled_model_dir())
     decomposition = Decomposition.load(decomposition_dir or bundled_decomposition_dir(), model)
     datasets = [target, *(d for d in datasets if d != target)]  # the target's examples come first
@@ -29,7 +30,7 @@ def inspection_report(
     stats = component_stats(decomposition, blocks, threshold=threshold)
     if criterion == "difference":
         if reference not in datasets:
-            raise ValueError(f"reference {reference!r} must be one of --datasets {datasets}")
+            raise UserError(f"reference {reference!r} must be one of --datasets {datasets}")
         ranking = rank_by_difference(stats, target, reference, top=top)
     else:
         ranking = rank_by_specificity(stats, target, [d for d in datasets if d != target], top=top)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..decomposition.components import Components, parse_component_key, validate_keys
 from ..model.prefix import block_index, decoder_blocks, prefix_replayed, recording, repeat_output
+from ..errors import UserError
 
 # |s − 1| tried outward from s = 1 on each side before bisection; the German MLP unit of the
 # bundled model needs s ≈ −32, so the grid reaches well past that
@@ -102,10 +103,10 @@ class DoseScanner:
 
     def __init__(self, model: nn.Module, basis: Mapping[str, Components], datasets: Mapping[str, torch.Tensor], *, batch_size: int = 8, points_per_forward: int = 8):
         if batch_size < 1 or points_per_forward < 1:
-            raise ValueError("batch_size and points_per_forward must be >= 1")
+            raise UserError("batch_size and points_per_forward must be >= 1")
         for name, b in datasets.items():
             if b.dim() != 2 or b.shape[0] < 1 or b.shape[1] < 2 or b.dtype != torch.long:
-                raise ValueError(f"dataset {name!r} must be a LongTensor [N >= 1, T >= 2] of token blocks, got {b.dtype} {tuple(b.shape)}")
+                raise UserError(f"dataset {name!r} must be a LongTensor [N >= 1, T >= 2] of token blocks, got {b.dtype} {tuple(b.shape)}")
         self.model, self.basis, self.datasets = model, basis, dict(datasets)
         self.batch_size, self.K = batch_size, points_per_forward
         self.device = next(model.parameters()).device
@@ -193,12 +194,12 @@ def dose_scan(scanner, keys: list[str], *, target: str, reference: str, bound: f
     damage, so it reads the reference alone, and the target is read once more at each side's final
     dose within the bound (where the gain is largest when it grows with the dose)."""
     if bound <= 0:
-        raise ValueError(f"the damage bound must be > 0 nats, got {bound}")
+        raise UserError(f"the damage bound must be > 0 nats, got {bound}")
     for name in (target, reference):
         if name not in scanner.datasets:
-            raise ValueError(f"dataset {name!r} is not among the scanner's datasets {sorted(scanner.datasets)}")
+            raise UserError(f"dataset {name!r} is not among the scanner's datasets {sorted(scanner.datasets)}")
     if not grid or any(m <= 0 for m in grid) or list(grid) != sorted(grid):
-        raise ValueError(f"grid must be increasing positive |s − 1| values, got {grid}")
+        raise UserError(f"grid must be increasing positive |s − 1| values, got {grid}")
     validate_keys(scanner.basis, keys)
     base_t, base_r = float(scanner.base[target][0]), float(scanner.base[reference][0])
     curves: dict[str, dict[float, ScanPoint]] = {k: {1.0: ScanPoint(1.0, 0.0, 0.0)} for k in keys}
@@ -327,18 +328,18 @@ def scan_report(*, model, tokenizer, decomposition, basis_name: str, modules: li
 
     if basis_name == "components":
         if decomposition is None:
-            raise ValueError("the components basis needs a decomposition")
+            raise UserError("the components basis needs a decomposition")
         paths = list(decomposition.module_paths)
     elif basis_name == "neurons":
         paths = default_neuron_modules(model)
     elif basis_name == "svd":
         paths = linear_module_paths(model)
     else:
-        raise ValueError(f"unknown basis {basis_name!r}; choose components, neurons or svd")
+        raise UserError(f"unknown basis {basis_name!r}; choose components, neurons or svd")
     if modules:
         chosen = [p for p in paths if any(fnmatch.fnmatch(p, m) for m in modules)]
         if not chosen:
-            raise ValueError(f"--modules {modules} match none of the basis's modules: {', '.join(paths)}")
+            raise UserError(f"--modules {modules} match none of the basis's modules: {', '.join(paths)}")
         paths = chosen
     if basis_name == "components":
         basis = {p: decomposition.get_components(p) for p in paths}
@@ -350,7 +351,7 @@ def scan_report(*, model, tokenizer, decomposition, basis_name: str, modules: li
     for n in names:
         blocks = dataset_blocks(n, tokenizer, block_len, max_blocks=n_blocks)
         if len(blocks) < n_blocks:
-            raise ValueError(f"dataset {n!r} has only {len(blocks)} blocks of {block_len} tokens, the scan asks for {n_blocks}; "
+            raise UserError(f"dataset {n!r} has only {len(blocks)} blocks of {block_len} tokens, the scan asks for {n_blocks}; "
                              "lower --scan-blocks or give a larger dataset")
         datasets[n] = blocks
     rankings: dict[str, list[tuple[str, float]]] = {}

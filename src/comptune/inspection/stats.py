@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..decomposition.components import format_component_key, parse_component_key
+from ..errors import UserError, UserKeyError
 
 
 @dataclass
@@ -23,7 +24,7 @@ class UnitScores:
 
     def row(self, dataset: str) -> int:
         if dataset not in self.datasets:
-            raise KeyError(f"dataset {dataset!r} not in these statistics; have {self.datasets}")
+            raise UserKeyError(f"dataset {dataset!r} not in these statistics; have {self.datasets}")
         return self.datasets.index(dataset)
 
 
@@ -45,7 +46,7 @@ class ComponentStats:
         """Mean CI, firing frequency and mean |inner act| of one subcomponent on every dataset."""
         path, idx = parse_component_key(key)
         if path not in self.mean_ci:
-            raise KeyError(f"unknown module {path!r}; modules: {sorted(self.mean_ci)}")
+            raise UserKeyError(f"unknown module {path!r}; modules: {sorted(self.mean_ci)}")
         return {
             d: {
                 "mean_ci": float(self.mean_ci[path][i, idx]),
@@ -67,14 +68,14 @@ class ComponentStats:
 def component_stats(decomposition, datasets: dict[str, torch.Tensor], *, threshold: float = 0.1, batch_size: int = 8) -> ComponentStats:
     """Mean CI, firing frequency (CI > threshold) and mean |inner activation| per dataset."""
     if not datasets:
-        raise ValueError("component_stats needs at least one dataset")
+        raise UserError("component_stats needs at least one dataset")
     names = list(datasets)
     sums = {k: {p: torch.zeros(len(names), decomposition.C(p), dtype=torch.float64) for p in decomposition.module_paths} for k in ("ci", "fire", "act")}
     tokens = {}
     for row, name in enumerate(names):
         blocks = datasets[name]
         if blocks.numel() == 0:
-            raise ValueError(f"dataset {name!r} is empty")
+            raise UserError(f"dataset {name!r} is empty")
         tokens[name] = blocks.numel()
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start : start + batch_size]
@@ -113,7 +114,7 @@ def rank_by_specificity(stats: ComponentStats | UnitScores, target: str, protect
     """Score on `target` minus the maximum over every protected dataset (e.g. German − max(other languages)):
     penalises a unit that fires on *any* dataset the edit should spare."""
     if not protected:
-        raise ValueError("rank_by_specificity needs at least one protected dataset")
+        raise UserError("rank_by_specificity needs at least one protected dataset")
     s = _unit_scores(stats)
     t = s.row(target)
     rows = [s.row(d) for d in protected]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import torch.nn as nn
+from ..errors import UserKeyError
 
 
 def weights_fingerprint(model: nn.Module, names: list[str] | None = None) -> str:
@@ -13,7 +14,7 @@ def weights_fingerprint(model: nn.Module, names: list[str] | None = None) -> str
     h = hashlib.sha256()
     for name in sorted(names if names is not None else params):
         if name not in params:
-            raise KeyError(f"parameter {name!r} not in model")
+            raise UserKeyError(f"parameter {name!r} not in model")
         t = params[name].detach().float().contiguous().cpu()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())

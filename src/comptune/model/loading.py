@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+from ..errors import UserError
 
 AutoConfig.register(ComptuneLMConfig.model_type, ComptuneLMConfig, exist_ok=True)
 AutoModelForCausalLM.register(ComptuneLMConfig, ComptuneLMForCausalLM, exist_ok=True)
@@ -34,7 +35,7 @@ def load_model_and_tokenizer(path: str | Path, *, tokenizer_path: str | Path | N
     try:
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"could not load the model in {path}: {e}") from e
+        raise UserError(f"could not load the model in {path}: {e}") from e
     tokenizer = load_tokenizer(tokenizer_path or path)
     check_vocab(tokenizer, model)
     if device is not None:
@@ -54,7 +55,7 @@ def load_tokenizer(path: str | Path):
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise ValueError(f"could not load the tokenizer in {path}: {e}") from e
+        raise UserError(f"could not load the tokenizer in {path}: {e}") from e
 
 
 def _check_model_dir(path: Path) -> None:
@@ -69,7 +70,7 @@ def _check_model_dir(path: Path) -> None:
     if not weights:
         pickles = sorted(p.name for pattern in _PICKLE_WEIGHTS for p in path.glob(pattern))
         if pickles:
-            raise ValueError(f"{path} holds only pickle weights ({', '.join(pickles)}); comptune never unpickles files from a "
+            raise UserError(f"{path} holds only pickle weights ({', '.join(pickles)}); comptune never unpickles files from a "
                              "path. Convert them once in a trusted environment: "
                              "model.save_pretrained(dir, safe_serialization=True)")
         raise FileNotFoundError(f"no weights (*.safetensors) in model directory {path}")
@@ -79,7 +80,7 @@ def _check_model_dir(path: Path) -> None:
             with safe_open(str(file), framework="pt"):
                 pass
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"weights file {file} is corrupt ({e}); re-create or re-download it") from e
+            raise UserError(f"weights file {file} is corrupt ({e}); re-create or re-download it") from e
 
 
 def check_vocab(tokenizer, model) -> None:
@@ -90,7 +91,7 @@ def check_vocab(tokenizer, model) -> None:
     n_tokenizer = max(tokenizer.get_vocab().values()) + 1
     n_model = model_vocab_size(model)
     if n_tokenizer > n_model:
-        raise ValueError(f"tokenizer/model mismatch: the tokenizer has ids up to {n_tokenizer - 1} ({n_tokenizer} tokens) but "
+        raise UserError(f"tokenizer/model mismatch: the tokenizer has ids up to {n_tokenizer - 1} ({n_tokenizer} tokens) but "
                          f"the model's vocabulary has {n_model} entries; use the tokenizer the model was trained with")
 
 

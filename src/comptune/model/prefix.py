@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
+from ..errors import UserError
 
 
 def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -25,7 +26,7 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
             if best is None or len(m) > len(best[1]):
                 best = (name, m)
     if best is None:
-        raise ValueError(f"{type(model).__name__} has no stack of blocks (nn.ModuleList) to cache a prefix of")
+        raise UserError(f"{type(model).__name__} has no stack of blocks (nn.ModuleList) to cache a prefix of")
     return best
 
 

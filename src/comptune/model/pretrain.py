@@ -21,6 +21,7 @@ from .._signals import StopRequested
 from ..config import StrictConfig
 from ..corpus.datasets import mix_windows
 from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+from ..errors import NonFiniteError, UserError
 
 
 class PretrainConfig(StrictConfig):
@@ -55,10 +56,10 @@ class PretrainConfig(StrictConfig):
     def _check(self):
         for name, weights in (("mix", self.mix), ("tokenizer_mix", self.tokenizer_mix)):
             if weights is not None and (not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0):
-                raise ValueError(f"{name} must hold non-negative weights with a positive sum, got {weights}")
+                raise UserError(f"{name} must hold non-negative weights with a positive sum, got {weights}")
         if self.tokenizer_mix is not None and not set(self.tokenizer_mix) <= set(self.mix):
             extra = sorted(set(self.tokenizer_mix) - set(self.mix))
-            raise ValueError(f"tokenizer_mix names {extra}, which are not in mix {sorted(self.mix)}; add them to mix or drop them")
+            raise UserError(f"tokenizer_mix names {extra}, which are not in mix {sorted(self.mix)}; add them to mix or drop them")
         return self
 
     def lm_config(self) -> ComptuneLMConfig:
@@ -89,7 +90,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
     out_dir = Path(out_dir)
     for lang, s in streams.items():  # missing languages and too-short streams: see mix_windows
         if int(s.max()) >= cfg.vocab_size:
-            raise ValueError(f"token stream {lang!r} holds id {int(s.max())} ≥ vocab_size={cfg.vocab_size}: tokenizer and model do not match")
+            raise UserError(f"token stream {lang!r} holds id {int(s.max())} ≥ vocab_size={cfg.vocab_size}: tokenizer and model do not match")
 
     torch.manual_seed(cfg.seed)
     model = ComptuneLMForCausalLM(cfg.lm_config())
@@ -111,7 +112,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
         saved, now = ({k: v for k, v in c.items() if k != "max_minutes"} for c in (meta["config"], cfg.model_dump(mode="json")))
         if saved != now:
             changed = sorted(k for k in now if saved.get(k) != now[k])
-            raise ValueError(f"checkpoint in {out_dir} was written with a different config ({', '.join(changed)}); use a new --out or the same config")
+            raise UserError(f"checkpoint in {out_dir} was written with a different config ({', '.join(changed)}); use a new --out or the same config")
         tensors = load_safetensors(ckpt_t)
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
         model.tie_weights()
@@ -146,7 +147,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
             batch = sample_batch(streams, cfg, gen)  # [B, T]
             loss = model(batch, labels=batch).loss
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at step {step}; last good checkpoint is in {out_dir}")
+                raise NonFiniteError(f"non-finite training loss at step {step}; last good checkpoint is in {out_dir}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -209,7 +210,7 @@ def prepare_data(cfg: PretrainConfig, out_dir: str | Path) -> tuple:
         tokenizer = train_tokenizer(sample, vocab_size=cfg.vocab_size)
         tokenizer.save_pretrained(tok_dir)
     if len(tokenizer) > cfg.vocab_size:
-        raise ValueError(f"tokenizer in {tok_dir} has {len(tokenizer)} tokens but vocab_size={cfg.vocab_size}")
+        raise UserError(f"tokenizer in {tok_dir} has {len(tokenizer)} tokens but vocab_size={cfg.vocab_size}")
     if streams_path.is_file():
         streams = load_safetensors(streams_path)
     else:

@@ -20,6 +20,7 @@ from pathlib import Path
 from .._io import versions, write_json_atomic
 from ..evaluation.robustness import AttackConfig
 from .summary import SweepResults
+from ..errors import UserError
 
 ROBUSTNESS_DIR = "robustness"
 
@@ -41,7 +42,7 @@ def robustness_picks(res: SweepResults, budgets: list[int]) -> list[dict]:
     have = {r["budget"] for r in res.chosen_rows}
     missing = sorted(set(budgets) - have)
     if missing:
-        raise ValueError(f"the study in {res.directory} has no chosen runs at budget(s) {missing}; it has {sorted(have)}")
+        raise UserError(f"the study in {res.directory} has no chosen runs at budget(s) {missing}; it has {sorted(have)}")
     lam = res.config.lambda_retain[0]
     picks = []
     for m in res.methods:

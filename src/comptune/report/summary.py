@@ -25,6 +25,7 @@ from .._io import read_jsonl, versions, write_json_atomic, write_text_atomic
 from ..evaluation.rollouts import rollouts_markdown
 from ..study.config import SweepConfig
 from .plots import plot_budget_curves, plot_off_target, plot_scalars, plot_tradeoff
+from ..errors import UserError
 
 SCALAR_PLOT_MAX_KEYS = 32  # methods with more scalars per run (the L1-over-modules variant) are summarised, not plotted
 
@@ -58,7 +59,7 @@ def load_results(results_dir: str | Path) -> SweepResults:
     config = SweepConfig.model_validate(yaml.safe_load((d / "sweep_config.yaml").read_text()))
     rows = read_jsonl(d / "results.jsonl")
     if not rows:
-        raise ValueError(f"{d / 'results.jsonl'} holds no runs")
+        raise UserError(f"{d / 'results.jsonl'} holds no runs")
     return SweepResults(
         d, config, rows,
         json.loads((d / "chosen.json").read_text()),
@@ -128,7 +129,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, r
     cfg, s = res.config, res.config.scoring
     rows = res.chosen_rows
     if not rows:
-        raise ValueError(f"no chosen run finished in {res.directory}: every setting diverged (see runs' `error`)")
+        raise UserError(f"no chosen run finished in {res.directory}: every setting diverged (see runs' `error`)")
     chance = res.base["chance"]
     chance_gap = chance - res.base["ce"][s.forget_eval]
     budgets = sorted({r["budget"] for r in rows})

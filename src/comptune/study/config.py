@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictConfig
 from ..tuning.config import SCALAR_METHODS, Method
+from ..errors import UserError, UserKeyError
 
 BUNDLED = "bundled"
 LORA_METHODS = ("lora", "lora_local")
@@ -47,13 +48,13 @@ class SelectSpec(StrictConfig):
     @model_validator(mode="after")
     def _consistent(self):
         if self.keys and (self.modules or self.modules_of or self.rank):
-            raise ValueError("select.keys is an explicit selection: do not combine it with modules, modules_of or rank")
+            raise UserError("select.keys is an explicit selection: do not combine it with modules, modules_of or rank")
         if self.modules and self.modules_of:
-            raise ValueError("give either select.modules or select.modules_of, not both")
+            raise UserError("give either select.modules or select.modules_of, not both")
         if (self.rank is None) != (self.top is None):
-            raise ValueError("select.rank and select.top go together (rank by a criterion, keep the top k)")
+            raise UserError("select.rank and select.top go together (rank by a criterion, keep the top k)")
         if not (self.keys or self.modules or self.modules_of or self.rank):
-            raise ValueError("select needs keys, modules, modules_of, or rank + top")
+            raise UserError("select needs keys, modules, modules_of, or rank + top")
         return self
 
 
@@ -73,30 +74,30 @@ class MethodSpec(StrictConfig):
     @classmethod
     def _name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError(f"method name {v!r} must be letters, digits, '_', '-' or '.' (it names files and plot labels)")
+            raise UserError(f"method name {v!r} must be letters, digits, '_', '-' or '.' (it names files and plot labels)")
         return v
 
     @field_validator("lrs", "alphas")
     @classmethod
     def _positive(cls, v: list[float]) -> list[float]:
         if any(x <= 0 for x in v):
-            raise ValueError(f"learning rates and alphas must be > 0, got {v}")
+            raise UserError(f"learning rates and alphas must be > 0, got {v}")
         if len(set(v)) != len(v):
-            raise ValueError(f"grid values repeat: {v}")
+            raise UserError(f"grid values repeat: {v}")
         return v
 
     @model_validator(mode="after")
     def _method_options(self):
         if self.method in SCALAR_METHODS and self.select is None:
-            raise ValueError(f"method {self.name!r} ({self.method}) needs `select`: which scalars to learn")
+            raise UserError(f"method {self.name!r} ({self.method}) needs `select`: which scalars to learn")
         if self.method == "lora_local" and self.select is None:
-            raise ValueError(f"method {self.name!r} (lora_local) needs `select` naming its one matrix (e.g. modules_of: single)")
+            raise UserError(f"method {self.name!r} (lora_local) needs `select` naming its one matrix (e.g. modules_of: single)")
         if self.method == "lora" and self.select is not None:
-            raise ValueError(f"method {self.name!r}: global LoRA adapts every linear weight; remove `select`")
+            raise UserError(f"method {self.name!r}: global LoRA adapts every linear weight; remove `select`")
         if self.method not in LORA_METHODS and self.alphas != [16.0]:
-            raise ValueError(f"method {self.name!r}: alphas only apply to LoRA methods")
+            raise UserError(f"method {self.name!r}: alphas only apply to LoRA methods")
         if self.method != "lora" and self.lora_rank != 1:
-            raise ValueError(f"method {self.name!r}: lora_rank only applies to method lora (localised LoRA is rank 1)")
+            raise UserError(f"method {self.name!r}: lora_rank only applies to method lora (localised LoRA is rank 1)")
         return self
 
 
@@ -187,46 +188,46 @@ class SweepConfig(StrictConfig):
     @classmethod
     def _sorted_unique(cls, v: list[int]) -> list[int]:
         if any(x < 0 for x in v) or len(set(v)) != len(v):
-            raise ValueError(f"budgets and seeds must be distinct and non-negative, got {v}")
+            raise UserError(f"budgets and seeds must be distinct and non-negative, got {v}")
         return sorted(v)
 
     @field_validator("lambda_retain")
     @classmethod
     def _lambdas(cls, v: list[float]) -> list[float]:
         if any(x < 0 for x in v) or len(set(v)) != len(v):
-            raise ValueError(f"lambda_retain values must be distinct and >= 0, got {v}")
+            raise UserError(f"lambda_retain values must be distinct and >= 0, got {v}")
         return v
 
     @model_validator(mode="after")
     def _cross_checks(self):
         if 0 in self.budgets:
-            raise ValueError("a budget of 0 forget tokens trains on nothing; budgets start at 1")
+            raise UserError("a budget of 0 forget tokens trains on nothing; budgets start at 1")
         names = [m.name for m in self.methods]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"method names repeat: {dup}")
+            raise UserError(f"method names repeat: {dup}")
         for i, m in enumerate(self.methods):
             ref = m.select.modules_of if m.select else None
             if ref is not None and ref not in names[:i]:
-                raise ValueError(f"method {m.name!r}: select.modules_of={ref!r} must name a method listed before it; have {names[:i]}")
+                raise UserError(f"method {m.name!r}: select.modules_of={ref!r} must name a method listed before it; have {names[:i]}")
         if self.decomposition is None:
             needs = [m.name for m in self.methods if m.method == "component_scale"]
             if needs:
-                raise ValueError(f"methods {needs} scale decomposition subcomponents: set `decomposition` (a directory or 'bundled')")
+                raise UserError(f"methods {needs} scale decomposition subcomponents: set `decomposition` (a directory or 'bundled')")
         s = self.scoring
         for name in (s.forget_eval, s.retain_eval):
             if name not in self.eval_datasets:
-                raise ValueError(f"scoring dataset {name!r} must be one of eval_datasets {self.eval_datasets}")
+                raise UserError(f"scoring dataset {name!r} must be one of eval_datasets {self.eval_datasets}")
         for name in (s.forget_valid, s.retain_valid):
             if name in self.eval_datasets:
-                raise ValueError(f"validation dataset {name!r} is also an evaluation set: choose learning rates on data that is not evaluated")
+                raise UserError(f"validation dataset {name!r} is also an evaluation set: choose learning rates on data that is not evaluated")
         return self
 
     def method(self, name: str) -> MethodSpec:
         for m in self.methods:
             if m.name == name:
                 return m
-        raise KeyError(f"no method {name!r} in the sweep; methods: {[m.name for m in self.methods]}")
+        raise UserKeyError(f"no method {name!r} in the sweep; methods: {[m.name for m in self.methods]}")
 
     def model_dir(self) -> Path:
         from ..corpus.bundle import bundled_model_dir

@@ -17,6 +17,7 @@ from ..decomposition.bases import default_neuron_modules, linear_module_paths, n
 from ..decomposition.components import Components, parse_component_key, validate_keys
 from ..tuning import Selection
 from .config import MethodSpec, SweepConfig
+from ..errors import UserError
 
 @torch.no_grad()
 def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: dict[str, torch.Tensor], batch_size: int = 8) -> inspection.UnitScores:
@@ -87,7 +88,7 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
         )
         keys = [k for k, _ in ranking[: sel.top]]
         if len(keys) < sel.top:
-            raise ValueError(f"method {spec.name!r}: asked for the top {sel.top} but the candidate modules hold only {len(keys)} units")
+            raise UserError(f"method {spec.name!r}: asked for the top {sel.top} but the candidate modules hold only {len(keys)} units")
         shown = [[k, round(v, 6)] for k, v in ranking[: max(sd.show_top, sel.top)]]
         resolved[spec.name] = {"selection": Selection(keys=keys).model_dump(), "ranking": shown, "criterion": criterion}
         log(f"selection {spec.name} ({spec.method}): top {sel.top} by {criterion}")
@@ -99,7 +100,7 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
 def _modules_of(resolved: dict) -> list[str]:
     sel = resolved["selection"]
     if sel is None:
-        raise ValueError("select.modules_of must name a method with a selection (not global LoRA)")
+        raise UserError("select.modules_of must name a method with a selection (not global LoRA)")
     return sel["modules"] or list(dict.fromkeys(parse_component_key(k)[0] for k in sel["keys"]))
 
 
@@ -131,12 +132,12 @@ def _select_by_scan(config: SweepConfig, spec: MethodSpec, model: nn.Module, tok
     rankings = candidate_rankings(model, basis, blocks, target=sd.target, reference=sd.reference, protected=sd.protected, decomposition=ci_source)
     candidates = pool_candidates(rankings, sel.candidates)
     if len(candidates) < sel.top:
-        raise ValueError(f"method {spec.name!r}: asked for the top {sel.top} by scan but the rankings give only {len(candidates)} candidates; raise select.candidates")
+        raise UserError(f"method {spec.name!r}: asked for the top {sel.top} by scan but the rankings give only {len(candidates)} candidates; raise select.candidates")
     valid = {}
     for name in (sc.forget_valid, sc.retain_valid):
         valid[name] = sample_blocks(name, tokenizer, sd.block_len, sd.scan_blocks)
         if len(valid[name]) < sd.scan_blocks:
-            raise ValueError(f"method {spec.name!r}: validation set {name!r} has {len(valid[name])} blocks of {sd.block_len} tokens, "
+            raise UserError(f"method {spec.name!r}: validation set {name!r} has {len(valid[name])} blocks of {sd.block_len} tokens, "
                              f"the scan asks for {sd.scan_blocks}; lower selection_data.scan_blocks")
     log(f"selection {spec.name} ({spec.method}): dose scan of {len(candidates)} candidates on {sc.forget_valid} vs {sc.retain_valid} "
         f"(≤ {sc.max_damage} nats damage)")

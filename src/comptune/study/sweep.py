@@ -59,6 +59,7 @@ from ..tuning import NonFiniteLossError, Selection, TuneConfig, take_budget, tun
 from ..tuning.edits import edited_lm
 from .config import LORA_METHODS, SweepConfig
 from .selection import resolve_selections
+from ..errors import UserError
 
 Log = Callable[[str], None]
 
@@ -117,12 +118,12 @@ def load_inputs(config: SweepConfig) -> StudyInputs:
     n_ctx = context_length(model)
     for what, length in (("train.seq_len", config.train.seq_len), ("eval.block_len", config.eval.block_len), ("selection_data.block_len", config.selection_data.block_len)):
         if n_ctx is not None and length > n_ctx:
-            raise ValueError(f"{what}={length} exceeds the model's context of {n_ctx} tokens; lower it")
+            raise UserError(f"{what}={length} exceeds the model's context of {n_ctx} tokens; lower it")
 
     forget_stream = token_stream(tokenizer, dataset_texts(config.forget))
     retain_stream = token_stream(tokenizer, dataset_texts(config.retain))
     if retain_stream.numel() < 2:
-        raise ValueError(f"the retain set {config.retain!r} is empty ({retain_stream.numel()} tokens): the KL term needs retain text to protect")
+        raise UserError(f"the retain set {config.retain!r} is empty ({retain_stream.numel()} tokens): the KL term needs retain text to protect")
     for budget in config.budgets:  # the largest seed needs the most disjoint blocks
         take_budget(forget_stream, budget, max(config.seeds))
 
@@ -183,9 +184,9 @@ def run_sweep(
     `workers`: runs at a time (see the module doc). `on_run_done(row)` is called after each new
     row is written (progress hooks, tests)."""
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise UserError(f"workers must be at least 1, got {workers}")
     if workers > 1 and inputs is not None:
-        raise ValueError("with workers > 1 every worker loads its inputs from the config; pass `inputs` only with workers=1")
+        raise UserError("with workers > 1 every worker loads its inputs from the config; pass `inputs` only with workers=1")
     out_dir = Path(out_dir)
     grows = _check_out_dir(config, out_dir)
     inputs = inputs or load_inputs(config)  # raises on bad input before anything is written
@@ -442,7 +443,7 @@ def _check_out_dir(config: SweepConfig, out_dir: Path) -> bool:
     diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
     if all(k in GROWABLE and set(previous[k]) <= set(current[k]) for k in diff):
         return True
-    raise ValueError(
+    raise UserError(
         f"{out_dir} holds a sweep with a different config (differs in: {', '.join(diff)}); resume with the same "
         f"config, add {' or '.join(GROWABLE)} without removing any, or write to another --out directory"
     )
@@ -456,7 +457,7 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"another sweep is writing to {out_dir}; wait for it or use another --out") from None
+            raise UserError(f"another sweep is writing to {out_dir}; wait for it or use another --out") from None
         yield
 
 
@@ -501,7 +502,7 @@ def _base_ce(config: SweepConfig, inputs: StudyInputs, out_dir: Path, log: Log) 
     if path.exists():
         cached = json.loads(path.read_text())
         if cached["model_fingerprint"] != fingerprint:
-            raise ValueError(
+            raise UserError(
                 f"the model at {config.model_dir()} changed since this sweep started (weights fingerprint "
                 f"{cached['model_fingerprint']} then, {fingerprint} now); start a new sweep in another --out directory"
             )

@@ -11,13 +11,14 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+from ..errors import UserError
 
 BOS_TOKEN = "<|endoftext|>"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2) -> PreTrainedTokenizerFast:
     if vocab_size < 300:
-        raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE (needs > 256 + specials)")
+        raise UserError(f"vocab_size={vocab_size} is too small for a byte-level BPE (needs > 256 + specials)")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -30,7 +31,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency:
     )
     texts = list(texts)
     if not any(t.strip() for t in texts):
-        raise ValueError("cannot train a tokenizer on empty text")
+        raise UserError("cannot train a tokenizer on empty text")
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=BOS_TOKEN, pad_token=BOS_TOKEN, unk_token=None,

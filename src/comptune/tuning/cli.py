@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import get_args
 
 from .config import Method
+from ..errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,14 +94,14 @@ def _tune(args) -> int:
 
     result_path = args.out / "tune_result.json"
     if result_path.exists():
-        raise ValueError(f"{args.out} already holds a finished run ({result_path}); choose another --out")
+        raise UserError(f"{args.out} already holds a finished run ({result_path}); choose another --out")
     fields = TuneConfig.from_file(args.config).model_dump() if args.config else {}
     fields.update({k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None})
     if args.keys or args.modules:
         fields["selection"] = {"keys": args.keys or [], "modules": args.modules or []}
     config = TuneConfig.model_validate(fields)
     if args.export_lora and (config.method not in ("component_scale", "svd_scale") or config.ci_threshold is not None):
-        raise ValueError(f"--export-lora applies to ungated scalar edits (component_scale, svd_scale), not to method {config.method}"
+        raise UserError(f"--export-lora applies to ungated scalar edits (component_scale, svd_scale), not to method {config.method}"
                          + (" with --ci-threshold" if config.ci_threshold is not None else ""))
 
     model_dir = args.model or bundled_model_dir()

@@ -38,6 +38,7 @@ from ..decomposition.components import (
     validate_keys,
 )
 from ..model.fingerprint import weights_fingerprint
+from ..errors import UserError
 
 SIGN_CONVENTION = (
     "s_c multiplies subcomponent c's contribution: the edited layer computes "
@@ -83,7 +84,7 @@ class ComponentScaleLayer(nn.Module):
         super().__init__()
         d_in, d_out = _layer_dims(base_layer)
         if V.shape != (d_in, len(indices)) or U.shape != (len(indices), d_out):
-            raise ValueError(
+            raise UserError(
                 f"components do not fit the layer: V {tuple(V.shape)} and U {tuple(U.shape)} for a layer with "
                 f"d_in={d_in}, d_out={d_out} and {len(indices)} selected subcomponents"
             )
@@ -105,7 +106,7 @@ class ComponentScaleLayer(nn.Module):
         a = x @ self.V  # [B, T, k] inner activations v_cᵀ x of the selected subcomponents
         if self.gate is not None:
             if self.gate.shape != a.shape:
-                raise ValueError(f"CI gate has shape {tuple(self.gate.shape)} but the layer input needs {tuple(a.shape)}: compute gates on the same input_ids")
+                raise UserError(f"CI gate has shape {tuple(self.gate.shape)} but the layer input needs {tuple(a.shape)}: compute gates on the same input_ids")
             a = a * self.gate
         return y + (a * (self.scale - 1)) @ self.U  # rank-k add-on Σ (s_c − 1) u_c (v_cᵀ x)
 
@@ -191,7 +192,7 @@ class ComponentScaleModel(nn.Module):
     def set_scales(self, scales: Mapping[str, float]) -> None:
         unknown = sorted(set(scales) - set(self.keys))
         if unknown:
-            raise ValueError(f"keys {unknown} are not scaled by this adapter; it scales {self.keys}")
+            raise UserError(f"keys {unknown} are not scaled by this adapter; it scales {self.keys}")
         with torch.no_grad():
             for path, layer in self._layers.items():
                 for j, i in enumerate(layer.indices):
@@ -220,10 +221,10 @@ class ComponentScaleModel(nn.Module):
     def gates_from_ci(self, ci: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per edited module, [B, T, k] 0/1 gates from causal importances {path: [B, T, C]}."""
         if self.scale_config.ci_threshold is None:
-            raise ValueError("this adapter is not CI-gated (scale_config.ci_threshold is None)")
+            raise UserError("this adapter is not CI-gated (scale_config.ci_threshold is None)")
         missing = [p for p in self._layers if p not in ci]
         if missing:
-            raise ValueError(f"causal importances are missing for edited modules {missing}")
+            raise UserError(f"causal importances are missing for edited modules {missing}")
         return {path: (ci[path][..., layer.indices] > self.scale_config.ci_threshold).to(layer.V.dtype) for path, layer in self._layers.items()}
 
     @torch.no_grad()
@@ -231,7 +232,7 @@ class ComponentScaleModel(nn.Module):
         """One CI evaluation of the decomposition on `input_ids`, with the edit switched off so the
         CI always sees the clean model (the decomposition's target may be this very model)."""
         if self.decomposition is None:
-            raise ValueError(
+            raise UserError(
                 "CI-gated scaling needs the decomposition to compute causal importances; pass "
                 "decomposition= to apply_component_scale/load_adapter, or set gates with `with model.gated(...)`"
             )
@@ -258,7 +259,7 @@ class ComponentScaleModel(nn.Module):
             return None
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
-            raise ValueError("CI-gated scaling needs input_ids (the decomposition computes CI from tokens)")
+            raise UserError("CI-gated scaling needs input_ids (the decomposition computes CI from tokens)")
         gates = self.compute_gates(input_ids)
         for path, layer in self._layers.items():
             layer.gate = gates[path]
@@ -276,7 +277,7 @@ class ComponentScaleModel(nn.Module):
     def merge_and_unload(self) -> nn.Module:
         """The plain model with W' = W + Σ (s_c − 1) u_c v_cᵀ in its weights, adapter removed."""
         if self.scale_config.ci_threshold is not None:
-            raise ValueError("a CI-gated edit depends on the input and cannot be merged into the weights")
+            raise UserError("a CI-gated edit depends on the input and cannot be merged into the weights")
         for layer in self._layers.values():
             layer.merge()
         return self.unload()
@@ -329,7 +330,7 @@ class ComponentScaleModel(nn.Module):
         from peft import LoraConfig
 
         if self.scale_config.ci_threshold is not None:
-            raise ValueError("a CI-gated edit depends on the input and has no exact LoRA form")
+            raise UserError("a CI-gated edit depends on the input and has no exact LoRA form")
         out_dir = Path(out_dir)
         ranks = {path: len(layer.indices) for path, layer in self._layers.items()}
         r = max(ranks.values())
@@ -370,7 +371,7 @@ def _check_source_matches_model(model: nn.Module, source: ComponentSource, names
         return
     ours, theirs = weights_fingerprint(model, names), weights_fingerprint(target, names)
     if ours != theirs:
-        raise ValueError(
+        raise UserError(
             f"the decomposition was made for a different model (weights fingerprint {theirs} over the decomposed "
             f"matrices) than the one being edited ({ours}); load the model the decomposition belongs to"
         )
@@ -384,7 +385,7 @@ def _wrap(model: nn.Module, selected: dict[str, Components], indices: dict[str, 
     for path, (V, U) in selected.items():
         base = model.get_submodule(path)
         if isinstance(base, ComponentScaleLayer):
-            raise ValueError(f"module {path} already carries a ComponentScale adapter; unload() it first")
+            raise UserError(f"module {path} already carries a ComponentScale adapter; unload() it first")
         layer = ComponentScaleLayer(base, V, U, indices[path])
         parent_path, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, name, layer)
@@ -438,18 +439,18 @@ def load_adapter(adapter_dir: str | Path, model: nn.Module, decomposition: Compo
         raise FileNotFoundError(f"{cfg_path} does not exist: {adapter_dir} is not a (completely saved) ComponentScale adapter")
     meta = json.loads(cfg_path.read_text())
     if meta.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{cfg_path} is not a ComponentScale adapter (format {meta.get('format')!r}); a PEFT adapter loads with PeftModel.from_pretrained")
+        raise UserError(f"{cfg_path} is not a ComponentScale adapter (format {meta.get('format')!r}); a PEFT adapter loads with PeftModel.from_pretrained")
     if meta["format_version"] > ADAPTER_FORMAT_VERSION:
-        raise ValueError(f"{cfg_path} has format version {meta['format_version']}; this comptune reads up to {ADAPTER_FORMAT_VERSION}: upgrade comptune")
+        raise UserError(f"{cfg_path} has format version {meta['format_version']}; this comptune reads up to {ADAPTER_FORMAT_VERSION}: upgrade comptune")
 
     names = meta["target"]["weight_names"]
     params = dict(model.named_parameters())
     missing = [n for n in names if n not in params]
     if missing:
-        raise ValueError(f"adapter {adapter_dir} is for another model: this model has no weights {missing[:3]}")
+        raise UserError(f"adapter {adapter_dir} is for another model: this model has no weights {missing[:3]}")
     fp = weights_fingerprint(model, names)
     if fp != meta["target"]["fingerprint"]:
-        raise ValueError(
+        raise UserError(
             f"adapter {adapter_dir} was trained on a model with weights fingerprint {meta['target']['fingerprint']}, "
             f"this model's is {fp}: it belongs to another model (decomposition {meta['decomposition']['path']})"
         )
@@ -459,7 +460,7 @@ def load_adapter(adapter_dir: str | Path, model: nn.Module, decomposition: Compo
         by_module = validate_keys(decomposition, keys)
         theirs = components_fingerprint(decomposition, list(by_module))
         if theirs != meta["decomposition"]["components_fingerprint"]:
-            raise ValueError(
+            raise UserError(
                 f"the adapter's keys belong to decomposition {meta['decomposition']['components_fingerprint']} "
                 f"(saved from {meta['decomposition']['path']}), not to the given one ({theirs}): "
                 "same module names, different subcomponents"
@@ -471,12 +472,12 @@ def load_adapter(adapter_dir: str | Path, model: nn.Module, decomposition: Compo
         try:
             V, U, s = tensors[f"{path}.V"], tensors[f"{path}.U"], tensors[f"{path}.scale"]
         except KeyError as e:
-            raise ValueError(f"{adapter_dir / ADAPTER_WEIGHTS_NAME} lacks tensor {e.args[0]}: the adapter files are inconsistent") from e
+            raise UserError(f"{adapter_dir / ADAPTER_WEIGHTS_NAME} lacks tensor {e.args[0]}: the adapter files are inconsistent") from e
         selected[path] = Components(V, U)
         indices[path] = info["indices"]
         scales.update({f"{path}:{i}": float(v) for i, v in zip(info["indices"], s.tolist())})
     if sorted(scales) != sorted(keys):
-        raise ValueError(f"{cfg_path} keys do not match the saved tensors: the adapter files are inconsistent")
+        raise UserError(f"{cfg_path} keys do not match the saved tensors: the adapter files are inconsistent")
 
     layers, before = _wrap(model, selected, indices)
     config = ComponentScaleConfig.model_validate(meta["config"])

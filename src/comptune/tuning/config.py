@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ..config import StrictConfig
+from ..errors import UserError
 
 Method = Literal["component_scale", "svd_scale", "neuron_scale", "lora", "lora_local"]
 SCALAR_METHODS = ("component_scale", "svd_scale", "neuron_scale")
@@ -26,7 +27,7 @@ class Selection(StrictConfig):
     @model_validator(mode="after")
     def _one_of(self):
         if self.keys and self.modules:
-            raise ValueError("give either selection.keys or selection.modules, not both")
+            raise UserError("give either selection.keys or selection.modules, not both")
         return self
 
 
@@ -58,13 +59,13 @@ class TuneConfig(StrictConfig):
     @model_validator(mode="after")
     def _method_options(self):
         if self.method in SCALAR_METHODS and not (self.selection.keys or self.selection.modules):
-            raise ValueError(f"method {self.method} needs selection.keys or selection.modules")
+            raise UserError(f"method {self.method} needs selection.keys or selection.modules")
         if self.method == "lora_local" and len(self.selected_modules()) != 1:
-            raise ValueError("lora_local needs exactly one module: selection.modules = [path], or keys all in one module")
+            raise UserError("lora_local needs exactly one module: selection.modules = [path], or keys all in one module")
         if self.l1 and self.method not in SCALAR_METHODS:
-            raise ValueError(f"l1 penalises scalars (s − 1); method {self.method} has none")
+            raise UserError(f"l1 penalises scalars (s − 1); method {self.method} has none")
         if self.ci_threshold is not None and self.method != "component_scale":
-            raise ValueError("ci_threshold (CI-gated scaling) needs the decomposition's CI: only for method component_scale")
+            raise UserError("ci_threshold (CI-gated scaling) needs the decomposition's CI: only for method component_scale")
         return self
 
     def selected_modules(self) -> list[str]:

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .component_scale import ComponentScaleModel, load_adapter
 from .methods import peft_quietly
+from ..errors import UserError
 
 
 DOSE_RANGE = (0.0, 1.5)  # 0 = the base model, 1 = the edit as trained, above 1 extrapolates past it
@@ -17,7 +18,7 @@ DOSE_RANGE = (0.0, 1.5)  # 0 = the base model, 1 = the edit as trained, above 1 
 def check_dose(t: float) -> float:
     lo, hi = DOSE_RANGE
     if not lo <= t <= hi:  # also refuses NaN
-        raise ValueError(f"dose {t} is outside [{lo}, {hi}]: 0 is the base model, 1 the edit as trained, "
+        raise UserError(f"dose {t} is outside [{lo}, {hi}]: 0 is the base model, 1 the edit as trained, "
                          f"up to {hi} extrapolates past it")
     return t
 

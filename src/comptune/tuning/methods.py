@@ -30,6 +30,7 @@ from ..decomposition.components import linear_layout_weight, module_keys, module
 from .component_scale import ComponentScaleConfig, ComponentScaleModel, apply_component_scale
 from .config import TuneConfig
 from ..decomposition.bases import default_neuron_modules, linear_module_paths, svd_components
+from ..errors import UserError
 
 
 @dataclass
@@ -77,7 +78,7 @@ def build_method(name: str, model: nn.Module, decomposition, selection, config: 
     """
     if name == "component_scale":
         if decomposition is None:
-            raise ValueError("component_scale needs a decomposition")
+            raise UserError("component_scale needs a decomposition")
         keys = selection.keys or module_keys(decomposition, selection.modules)
         cs_config = ComponentScaleConfig(ci_threshold=config.ci_threshold)
         wrapped = apply_component_scale(model, decomposition, keys, cs_config, decomposition_dir=decomposition_dir)
@@ -107,7 +108,7 @@ def build_method(name: str, model: nn.Module, decomposition, selection, config: 
             fan_in_fan_out=any(module_kind(model.get_submodule(p)) == "conv1d" for p in targets),
         )
         return _peft_method(name, model, lora, targets)
-    raise ValueError(f"unknown method {name!r}; known: component_scale, svd_scale, neuron_scale, lora, lora_local")
+    raise UserError(f"unknown method {name!r}; known: component_scale, svd_scale, neuron_scale, lora, lora_local")
 
 
 def _scale_tunable(name: str, wrapped: ComponentScaleModel) -> TunableModel:
@@ -118,7 +119,7 @@ def _check_linear_modules(model: nn.Module, paths: list[str]) -> None:
     valid = linear_module_paths(model)
     for path in paths:
         if path not in valid:
-            raise ValueError(f"module {path!r} is not a linear weight of this model; valid: {', '.join(valid)}")
+            raise UserError(f"module {path!r} is not a linear weight of this model; valid: {', '.join(valid)}")
 
 
 @contextmanager
@@ -153,12 +154,12 @@ def _neuron_scale(model: nn.Module, selection) -> TunableModel:
     mlp_outputs = default_neuron_modules(model)
     for path in paths:
         if path not in mlp_outputs:
-            raise ValueError(f"neuron_scale scales the hidden units an MLP output projection reads; {path!r} is not one "
+            raise UserError(f"neuron_scale scales the hidden units an MLP output projection reads; {path!r} is not one "
                              f"(this model's: {', '.join(mlp_outputs)})")
     for path, js in units.items():
         d_hidden = linear_layout_weight(model.get_submodule(path)).shape[1]
         if js is not None and max(js) >= d_hidden:
-            raise ValueError(f"neuron key {path}:{max(js)} out of range: {path} reads {d_hidden} hidden units, valid 0..{d_hidden - 1}")
+            raise UserError(f"neuron key {path}:{max(js)} out of range: {path} reads {d_hidden} hidden units, valid 0..{d_hidden - 1}")
     fan_in_fan_out = any(module_kind(model.get_submodule(p)) == "conv1d" for p in paths)
     tunable = _peft_method("neuron_scale", model, IA3Config(target_modules=paths, feedforward_modules=paths, fan_in_fan_out=fan_in_fan_out), paths)
     peft_model = tunable.model

@@ -29,6 +29,7 @@ from ..model.prefix import decoder_blocks, first_edited_block, prefix_replayed, 
 from .config import SCALAR_METHODS, TuneConfig
 from .methods import TunableModel, build_method
 from .objective import tuning_loss
+from ..errors import UserError
 
 
 class TuneResult(BaseModel):
@@ -55,7 +56,7 @@ DIVERGED_RETAIN_KL = 3.0  # nats per retain position
 DIVERGED_ABS_SCALE = 1e4  # |s| of any scalar (component, SVD and neuron scale)
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(UserError):
     """Training diverged: the loss became NaN/inf, or the retain KL or a scalar passed its bound
     (DIVERGED_RETAIN_KL, DIVERGED_ABS_SCALE); the model holds the parameters of the last good step."""
 
@@ -70,16 +71,16 @@ def take_budget(forget_stream: torch.Tensor, budget: int, seed: int) -> tuple[to
     The stream is cut into disjoint blocks of budget + 1 tokens; a fixed permutation of them is
     indexed by the seed, so different seeds get different, non-overlapping text."""
     if budget < 1:
-        raise ValueError(f"budget must be at least 1 forget token, got {budget}")
+        raise UserError(f"budget must be at least 1 forget token, got {budget}")
     n = forget_stream.numel()
     n_blocks = n // (budget + 1)
     if n_blocks == 0:
-        raise ValueError(
+        raise UserError(
             f"a budget of {budget} forget tokens needs {budget + 1} contiguous tokens (one of context), but the "
             f"forget text has only {n} tokens: use a budget of at most {max(n - 1, 0)} or more forget text"
         )
     if not 0 <= seed < n_blocks:
-        raise ValueError(
+        raise UserError(
             f"the forget text ({n} tokens) holds {n_blocks} disjoint blocks for budget {budget}, so seeds 0..{n_blocks - 1} "
             f"get different text; seed {seed} would reuse one"
         )
@@ -179,9 +180,9 @@ def tune(
     """
     n_ctx = context_length(model)
     if n_ctx is not None and config.seq_len > n_ctx:
-        raise ValueError(f"seq_len={config.seq_len} exceeds the model's context of {n_ctx} tokens; set seq_len ≤ {n_ctx}")
+        raise UserError(f"seq_len={config.seq_len} exceeds the model's context of {n_ctx} tokens; set seq_len ≤ {n_ctx}")
     if retain_stream.numel() < 2:
-        raise ValueError(f"the retain set is empty ({retain_stream.numel()} tokens): the KL term needs retain text to protect")
+        raise UserError(f"the retain set is empty ({retain_stream.numel()} tokens): the KL term needs retain text to protect")
     block, offset = take_budget(forget_stream, config.budget, config.seed)
     forget_ids, forget_labels = forget_sequences(block, config.seq_len)
 
