@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
 from .errors import UserError
 
 

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+
 from .errors import UserError
 
 T = TypeVar("T", bound="StrictConfig")

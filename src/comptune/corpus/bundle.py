@@ -18,6 +18,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+
 from ..errors import UserError
 
 SPLITS = ("train", "valid", "eval", "parallel")

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+
 from ..errors import UserError
 
 _TEXT_SUFFIXES = (".txt", ".txt.gz")

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
+
 from ..errors import UserError
 
 SUPPORTED_MODULE_TYPES = (nn.Linear, Conv1D)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import torch.nn as nn
+
 from ..errors import UserKeyError
 
 

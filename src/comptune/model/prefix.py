@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
+
 from ..errors import UserError
 
 

@@ -76,7 +76,7 @@ def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, 
     from ..corpus.loading import token_stream
     from ..evaluation.robustness import attack_edit, dosable
     from ..model.loading import load_model_and_tokenizer
-    from ..tuning.edits import load_edit_adapter
+    from ..tuning.edits import is_ci_gated, load_edit_adapter
     from ..tuning.train import take_budget
 
     picks = robustness_picks(res, budgets)
@@ -90,7 +90,7 @@ def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, 
         base.eval()
         weights = {n: p.detach().clone() for n, p in base.named_parameters()}
         decomposition = None
-        if any(r["kind"] == "component_scale" and r["tune_config"].get("ci_threshold") is not None for r in todo):
+        if any(is_ci_gated(res.directory / r["edit"]) for r in todo):
             from ..decomposition import Decomposition
 
             decomposition = Decomposition.load(res.config.decomposition_dir(), copy.deepcopy(base))
@@ -102,8 +102,7 @@ def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, 
         for i, r in enumerate(todo, 1):
             log(f"robustness [{i}/{len(todo)}]: {r['method']} at budget {r['budget']} (run {r['run_id']})")
             model = copy.deepcopy(base)
-            gated = r["kind"] == "component_scale" and r["tune_config"].get("ci_threshold") is not None
-            edit = dosable(load_edit_adapter(res.directory / r["edit"], model, decomposition if gated else None), weights)
+            edit = dosable(load_edit_adapter(res.directory / r["edit"], model, decomposition), weights)
             forget_block, _ = take_budget(forget_stream, r["budget"], r["seed"])
             result = attack_edit(edit, base, attack_stream, eval_sets, config, exclude={"the run's forget tokens": forget_block.unsqueeze(0)},
                                  base_curves=base_curves)

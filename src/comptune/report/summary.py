@@ -183,20 +183,20 @@ def _rollouts(res: SweepResults, out: Path, log) -> list[dict] | None:
     """Greedy continuations of the config's prompts by the base model and each picked edit."""
     from ..evaluation.rollouts import rollouts
     from ..model.loading import load_model_and_tokenizer
-    from ..tuning.edits import load_edit
+    from ..tuning.edits import is_ci_gated, load_edit
 
     picks = rollout_picks(res)
     if not picks:
         return None
     base, tokenizer = load_model_and_tokenizer(res.config.model_dir())
     decomposition = None
-    if any(r["kind"] == "component_scale" and r["tune_config"].get("ci_threshold") is not None for r in picks.values()):
+    if any(is_ci_gated(res.directory / r["edit"]) for r in picks.values()):
         from ..decomposition import Decomposition
 
         decomposition = Decomposition.load(res.config.decomposition_dir(), copy.deepcopy(base))
     models = {"base": base}
     for m, r in picks.items():
-        models[m] = load_edit(res.directory / r["edit"], copy.deepcopy(base), decomposition if r["kind"] == "component_scale" else None)
+        models[m] = load_edit(res.directory / r["edit"], copy.deepcopy(base), decomposition)
     ro = res.config.rollout
     log(f"report: rollouts of {len(models)} models on {len(ro.prompts)} prompts")
     rows = rollouts(models, tokenizer, list(ro.prompts.values()), max_new_tokens=ro.max_new_tokens)

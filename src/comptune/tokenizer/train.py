@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
 from ..errors import UserError
 
 BOS_TOKEN = "<|endoftext|>"

@@ -70,4 +70,6 @@ class TuneConfig(StrictConfig):
 
     def selected_modules(self) -> list[str]:
         """The modules the selection touches (for localised LoRA: the one matrix to adapt)."""
-        return self.selection.modules or sorted({k.rpartition(":")[0] for k in self.selection.keys})
+        from ..decomposition.components import parse_component_key  # torch: not at import (the CLI's help reads this module)
+
+        return self.selection.modules or sorted({parse_component_key(k)[0] for k in self.selection.keys})

@@ -51,9 +51,11 @@ def is_ci_gated(edit_dir: str | Path) -> bool:
 
 def load_edit_adapter(edit_dir: str | Path, base_model: nn.Module, decomposition=None) -> nn.Module:
     """Re-apply a saved edit to `base_model` (in place) and return its wrapper: the
-    ComponentScaleModel or the PeftModel (both have `merge_and_unload`)."""
+    ComponentScaleModel or the PeftModel (both have `merge_and_unload`). `decomposition` is
+    given to a CI-gated edit, which needs it; other edits carry their own vectors (an SVD-basis
+    edit's keys do not even belong to it)."""
     if edit_config(edit_dir).get("format") == "comptune-component-scale":
-        return load_adapter(edit_dir, base_model, decomposition)
+        return load_adapter(edit_dir, base_model, decomposition if is_ci_gated(edit_dir) else None)
     from peft import PeftModel
 
     with peft_quietly():

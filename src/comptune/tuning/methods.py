@@ -70,45 +70,72 @@ class TunableModel:
         return out_dir
 
 
+# The registry: method name -> builder(model, selection, config, decomposition, decomposition_dir).
+# A builder wraps `model` in place (base weights frozen) and returns the TunableModel the trainer
+# uses; every registered method passes the same contract tests (tests/test_methods_contract.py).
+MethodBuilder = Callable[..., "TunableModel"]
+METHODS: dict[str, MethodBuilder] = {}
+
+
+def register_method(name: str) -> Callable[[MethodBuilder], MethodBuilder]:
+    def register(builder: MethodBuilder) -> MethodBuilder:
+        METHODS[name] = builder
+        return builder
+
+    return register
+
+
 def build_method(name: str, model: nn.Module, decomposition, selection, config: TuneConfig, *, decomposition_dir=None) -> TunableModel:
     """Wrap `model` (in place, base weights frozen) with the adapter of method `name`.
 
     `selection` is a `Selection`; `decomposition` is needed for component_scale only
     (`decomposition_dir`, where it was loaded from, is recorded in the saved adapter).
     """
-    if name == "component_scale":
-        if decomposition is None:
-            raise UserError("component_scale needs a decomposition")
-        keys = selection.keys or module_keys(decomposition, selection.modules)
-        cs_config = ComponentScaleConfig(ci_threshold=config.ci_threshold)
-        wrapped = apply_component_scale(model, decomposition, keys, cs_config, decomposition_dir=decomposition_dir)
-        return _scale_tunable(name, wrapped)
-    if name == "svd_scale":
-        paths = selection.modules or list(dict.fromkeys(parse_component_key(k)[0] for k in selection.keys))
-        _check_linear_modules(model, paths)
-        basis = svd_components(model, paths)
-        keys = selection.keys or module_keys(basis, paths)
-        return _scale_tunable(name, apply_component_scale(model, basis, keys))
-    if name == "neuron_scale":
-        return _neuron_scale(model, selection)
-    if name in ("lora", "lora_local"):
-        from peft import LoraConfig
+    try:
+        builder = METHODS[name]
+    except KeyError:
+        raise UserError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+    return builder(model, selection, config, decomposition, decomposition_dir)
 
-        if name == "lora":
-            targets, rank = linear_module_paths(model), config.lora_rank
-        else:
-            targets, rank = config.selected_modules(), 1
-            _check_linear_modules(model, targets)
-        lora = LoraConfig(
-            r=rank,
-            lora_alpha=config.lora_alpha,
-            target_modules=targets,
-            lora_dropout=0.0,
-            bias="none",
-            fan_in_fan_out=any(module_kind(model.get_submodule(p)) == "conv1d" for p in targets),
-        )
-        return _peft_method(name, model, lora, targets)
-    raise UserError(f"unknown method {name!r}; known: component_scale, svd_scale, neuron_scale, lora, lora_local")
+
+@register_method("component_scale")
+def _component_scale(model, selection, config, decomposition, decomposition_dir) -> TunableModel:
+    if decomposition is None:
+        raise UserError("component_scale needs a decomposition")
+    keys = selection.keys or module_keys(decomposition, selection.modules)
+    cs_config = ComponentScaleConfig(ci_threshold=config.ci_threshold)
+    return _scale_tunable("component_scale", apply_component_scale(model, decomposition, keys, cs_config, decomposition_dir=decomposition_dir))
+
+
+@register_method("svd_scale")
+def _svd_scale(model, selection, config, decomposition, decomposition_dir) -> TunableModel:
+    paths = selection.modules or list(dict.fromkeys(parse_component_key(k)[0] for k in selection.keys))
+    _check_linear_modules(model, paths)
+    basis = svd_components(model, paths)
+    keys = selection.keys or module_keys(basis, paths)
+    return _scale_tunable("svd_scale", apply_component_scale(model, basis, keys))
+
+
+@register_method("lora")
+@register_method("lora_local")
+def _lora(model, selection, config, decomposition, decomposition_dir) -> TunableModel:
+    from peft import LoraConfig
+
+    local = bool(config.method == "lora_local")
+    if local:
+        targets, rank = config.selected_modules(), 1
+        _check_linear_modules(model, targets)
+    else:
+        targets, rank = linear_module_paths(model), config.lora_rank
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=config.lora_alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=any(module_kind(model.get_submodule(p)) == "conv1d" for p in targets),
+    )
+    return _peft_method(config.method, model, lora, targets)
 
 
 def _scale_tunable(name: str, wrapped: ComponentScaleModel) -> TunableModel:
@@ -140,7 +167,8 @@ def _peft_method(name: str, model: nn.Module, peft_config, targets: list[str]) -
     return TunableModel(name, peft_model, params, list(targets))
 
 
-def _neuron_scale(model: nn.Module, selection) -> TunableModel:
+@register_method("neuron_scale")
+def _neuron_scale(model, selection, config, decomposition, decomposition_dir) -> TunableModel:
     from peft import IA3Config
 
     if selection.keys:
