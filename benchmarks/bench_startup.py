@@ -30,7 +30,8 @@ COMMANDS = {
     "unknown command (argument error)": ["no-such-command"],
 }
 # the same entry point as the `comptune` script, plus a check of what it imported
-PROBE = "import sys; from comptune.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\nprint('torch imported:', 'torch' in sys.modules, file=sys.stderr)"
+PROBE = ("import sys; from comptune.cli import main\n"
+         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\nprint('torch imported:', 'torch' in sys.modules, file=sys.stderr)")
 
 
 def main() -> None:

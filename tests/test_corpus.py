@@ -74,9 +74,9 @@ def test_validation_sets_represent_what_is_evaluated():
     import torch
     import torch.nn.functional as F
 
+    from comptune.corpus.datasets import sample_blocks
     from comptune.model.loading import load_model_and_tokenizer
     from comptune.study.config import Scoring
-    from comptune.corpus.datasets import sample_blocks
 
     docs = bundle.bundled_documents("valid.general_en")
     assert {d["domain"] for d in docs} <= set(bundle.GENERAL_DOMAINS) and {d["lang"] for d in docs} == {"en"}

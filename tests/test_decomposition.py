@@ -22,8 +22,8 @@ from comptune.decomposition import (
 )
 from comptune.decomposition.losses import (
     PersistentPGD,
-    eval_pgd_kl,
     TargetDistribution,
+    eval_pgd_kl,
     kl_target_to_masked,
     masks_from_sources,
     minimality_loss,

@@ -51,7 +51,8 @@ def test_decompose_then_report(files, tmp_path, capsys):
     save_file({"blocks": blocks}, str(tmp_path / "blocks.safetensors"))
     capsys.readouterr()
     # the target folder is the one recorded in the decomposition
-    assert main(["decomposition", "report", str(out), "--data", str(tmp_path / "blocks.safetensors"), "--pgd-steps", "2", "--out", str(tmp_path / "q.json")]) == 0
+    assert main(["decomposition", "report", str(out), "--data", str(tmp_path / "blocks.safetensors"),
+        "--pgd-steps", "2", "--out", str(tmp_path / "q.json")]) == 0
     printed = capsys.readouterr().out
     assert "unmasked" in printed and "PGD KL" in printed and "total" in printed
     saved = json.loads((tmp_path / "q.json").read_text())
@@ -70,7 +71,8 @@ def test_decompose_then_report(files, tmp_path, capsys):
 
 def test_bad_input_is_one_line(files, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("stepz: 3\n")
-    assert main(["decompose", "--model", str(files / "model"), "--data", str(files / "text.txt"), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert main(["decompose", "--model", str(files / "model"), "--data", str(files / "text.txt"), "--out", str(tmp_path / "o"),
+        "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "stepz" in capsys.readouterr().err
     save_file({"tokens": torch.zeros(2, 3, dtype=torch.long)}, str(tmp_path / "b.safetensors"))
     assert main(["decompose", "--model", str(files / "model"), "--data", str(tmp_path / "b.safetensors"), "--out", str(tmp_path / "o")]) == 2

@@ -197,7 +197,7 @@ def test_cli_eval_and_rollout(tmp_path, model_dir, tokenizer, capsys):
     assert main(["rollout", "--model", str(model_dir), "--compare", str(other), "--prompt", "the cat", "der Hund",
                  "--max-new-tokens", "4", "--sample", "--seed", "3", "--json", str(rollout_json)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"| prompt | {model_dir.name} | other_model |" and len([l for l in lines if l.startswith("| ")]) == 3
+    assert lines[0] == f"| prompt | {model_dir.name} | other_model |" and len([line for line in lines if line.startswith("| ")]) == 3
     saved = json.loads(rollout_json.read_text())
     assert saved["seed"] == 3 and saved["config"]["greedy"] is False and len(saved["rollouts"]) == 2
 

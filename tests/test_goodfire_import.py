@@ -3,6 +3,7 @@ checked against the reference math computed directly from the raw checkpoint ten
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from comptune.decomposition.goodfire import (
     build_pile_4l_target,
     comptune_config_from_llama_simple_mlp,
     import_goodfire,
+    load_target_weights,
     normalize_keys,
+    read_pretrain_run,
 )
 from comptune.model import ComptuneLMConfig, ComptuneLMForCausalLM
 
@@ -485,7 +488,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, target):
     with pytest.raises(KeyError, match="output_head"):
         import_goodfire(run, tmp_path / "o", target=target)
 
-    wrong_heads = spd_config({**GLOBAL_CI, "simple_transformer_ci_cfg": {**GLOBAL_CI["simple_transformer_ci_cfg"], "attn_config": {"n_heads": 1, "rope_base": ROPE_BASE}}})
+    wrong_heads = spd_config({**GLOBAL_CI, "simple_transformer_ci_cfg": {**GLOBAL_CI["simple_transformer_ci_cfg"],
+        "attn_config": {"n_heads": 1, "rope_base": ROPE_BASE}}})
     run = write_run(tmp_path / "heads", "final_config.yaml", wrong_heads, {1: sd})
     with pytest.raises(ValueError, match="n_heads or rope_base"):
         import_goodfire(run, tmp_path / "o", target=target)
@@ -564,8 +568,8 @@ def test_comptune_model_computes_their_llama_simple_mlp(target):
 
 def test_unrepresentable_llama_simple_mlp_is_refused():
     """SPEC V8.2."""
-    with pytest.raises(ValueError, match="grouped KV heads"):  # their SimpleStories targets
-        comptune_config_from_llama_simple_mlp({**LLAMA_CONFIG, "n_key_value_heads": 1})
+    with pytest.raises(ValueError, match="3 KV heads, which do not divide its 2 query heads"):
+        comptune_config_from_llama_simple_mlp({**LLAMA_CONFIG, "n_key_value_heads": 3})
     with pytest.raises(ValueError, match="biases"):
         comptune_config_from_llama_simple_mlp({**LLAMA_CONFIG, "mlp_bias": True})
 
@@ -611,3 +615,55 @@ def test_pile_4l_target_is_built_from_the_checkpoint_alone(tmp_path):
     assert torch.equal(decomposition.target_weight("h.3.attn.v_proj"), pile.h[3].attn.v_proj.weight)
     assert torch.equal(decomposition.get_components("h.3.attn.v_proj").U, sd["_components.h-3-attn-v_proj.U"])
     assert decomposition.provenance["saved_to"] == "target" and (tmp_path / "out" / "target" / "config.json").is_file()
+
+
+GQA_FIXTURE = Path(__file__).parent / "fixtures" / "goodfire_gqa"  # made by scripts/make_goodfire_gqa_fixture.py with their code
+
+
+def test_gqa_target_computes_what_their_llama_simple_mlp_computes():
+    """SPEC V8.2. Their grouped-query target (4 query heads sharing 2 KV heads), built by comptune
+    from their pretraining-run files, gives the logits *their* forward recorded (their code, commit
+    in the fixture's provenance.json)."""
+    from safetensors.torch import load_file
+
+    model_config, sd, _ = read_pretrain_run(GQA_FIXTURE)
+    config = comptune_config_from_llama_simple_mlp(model_config)
+    assert (config.n_head, config.n_kv_head, config.num_key_value_heads) == (4, 2, 2)
+    model = ComptuneLMForCausalLM(config).eval()
+    load_target_weights(model, sd, what="fixture")
+    ref = load_file(str(GQA_FIXTURE / "reference.safetensors"))
+    with torch.no_grad():
+        ours = model(ref["input_ids"]).logits
+    assert (ours - ref["logits"]).abs().max().item() < 1e-5
+    # the KV sharing matters: the same weights with each KV head's neighbour swapped in give other logits
+    swapped = {k: (v.view(2, 8, -1).flip(0).reshape(v.shape) if k.endswith(("k_proj.weight", "v_proj.weight")) else v) for k, v in sd.items()}
+    load_target_weights(model, swapped, what="swapped fixture")
+    with torch.no_grad():
+        assert (model(ref["input_ids"]).logits - ref["logits"]).abs().max().item() > 1e-2
+
+
+def test_a_decomposition_of_a_gqa_target_imports_through_the_cli(tmp_path, capsys):
+    """SPEC V8.1. A run that decomposes the narrower k/v projections of a GQA target imports, with the
+    target built from their pretraining run and saved inside the imported folder."""
+    from comptune.cli import main
+
+    g = torch.Generator().manual_seed(3)
+    paths = {"h.0.attn.k_proj": (32, 16), "h.1.attn.v_proj": (32, 16), "h.1.attn.q_proj": (32, 32)}
+    sd = {}
+    for p, (d_in, d_out) in paths.items():
+        sd[f"_components.{dashed(p)}.V"] = torch.randn(d_in, 4, generator=g) / 4
+        sd[f"_components.{dashed(p)}.U"] = torch.randn(4, d_out, generator=g) / 2
+        pre = f"ci_fn._ci_fns.{dashed(p)}.layers."
+        sd[pre + "0.W"], sd[pre + "0.b"] = torch.randn(4, 1, MLP_HIDDEN, generator=g), torch.randn(4, MLP_HIDDEN, generator=g)
+        sd[pre + "2.W"], sd[pre + "2.b"] = torch.randn(4, MLP_HIDDEN, 1, generator=g), torch.randn(4, 1, generator=g)
+    config = param_decomp_config(LAYERWISE_CI)
+    config["pd"]["decomposition_targets"] = [{"module_pattern": p, "C": 4} for p in paths]
+    run = write_run(tmp_path / "run", "experiment_config.yaml", config, {7: sd})
+    assert main(["import-goodfire", str(run), "--target-weights", str(GQA_FIXTURE), "--out", str(tmp_path / "out")]) == 0
+    model = ComptuneLMForCausalLM.from_pretrained(tmp_path / "out" / "target")
+    assert model.config.n_kv_head == 2
+    decomposition = Decomposition.load(tmp_path / "out", model)
+    for p, (d_in, d_out) in paths.items():
+        comps = decomposition.get_components(p)
+        assert comps.V.shape == (d_in, 4) and comps.U.shape == (4, d_out)
+        assert torch.equal(comps.V, sd[f"_components.{dashed(p)}.V"])

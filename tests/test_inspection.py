@@ -89,7 +89,8 @@ def test_pmi_ties_are_ranked_by_count():
 def test_bad_keys_name_the_valid_range(decomposition):
     with pytest.raises(ValueError, match=r"4 subcomponents, valid indices 0\.\.3"):
         inspect_components(decomposition, _CharTokenizer(), _data(), ["h.0.attn.v_proj:9"])
-    with pytest.raises(ValueError, match=r"module 'h.0.attn.x_proj' is not in the decomposition; valid modules \(index range\): h.0.attn.q_proj \(0..3\), h.0.attn.v_proj \(0..3\), h.0.mlp.c_fc \(0..5\)"):
+    with pytest.raises(ValueError, match=r"module 'h.0.attn.x_proj' is not in the decomposition; valid modules \(index range\):"
+        r" h.0.attn.q_proj \(0..3\), h.0.attn.v_proj \(0..3\), h.0.mlp.c_fc \(0..5\)"):
         inspect_components(decomposition, _CharTokenizer(), _data(), ["h.0.attn.x_proj:0"])
 
 

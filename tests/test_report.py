@@ -3,8 +3,8 @@
 import json
 
 import pytest
-import yaml
 import torch
+import yaml
 
 from comptune.evaluation.rollouts import rollouts
 from comptune.model.loading import load_model_and_tokenizer
@@ -24,7 +24,8 @@ def test_report_writes_figures_tables_and_summary(finished, tmp_path):  # noqa: 
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in (out / f"{stem}.svg").read_text()
     text = summary.read_text()
-    for section in ("## Methods", "## Minimum budget", "## Forget gain and damage per budget", "## Chosen learning rates", "## Off-target", "## Learned scalars", "## Rollouts", "## Config", "## Versions"):
+    for section in ("## Methods", "## Minimum budget", "## Forget gain and damage per budget", "## Chosen learning rates",
+        "## Off-target", "## Learned scalars", "## Rollouts", "## Config", "## Versions"):
         assert section in text, section
     assert "![tradeoff](tradeoff.png)" in text and "lora_r1" in text and "single" in text
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -77,7 +78,8 @@ def test_min_budget_needs_half_the_seeds_at_some_lambda():
     assert table["a"]["min_budget"] == 4
     assert table["a"]["per_budget"][0] == {"budget": 2, "succeeded": 1, "runs": 3, "lambda_retain": 1.0}
     assert table["b"]["min_budget"] == 8
-    assert table["b"]["per_budget"] == [{"budget": 2, "succeeded": 0, "runs": 2, "lambda_retain": 1.0}, {"budget": 8, "succeeded": 2, "runs": 2, "lambda_retain": 10.0}]
+    assert table["b"]["per_budget"] == [{"budget": 2, "succeeded": 0, "runs": 2, "lambda_retain": 1.0},
+        {"budget": 8, "succeeded": 2, "runs": 2, "lambda_retain": 10.0}]
     assert table["c"]["min_budget"] is None
     assert table["d"] == {"method": "d", "min_budget": None, "per_budget": []}
 

@@ -16,8 +16,8 @@ from comptune.evaluation.ce import evaluate_ce
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 from comptune.study.config import Scoring, SweepConfig
 from comptune.study.sweep import choose_settings, load_inputs, run_sweep
-from comptune.tuning.edits import load_edit
 from comptune.tokenizer import train_tokenizer
+from comptune.tuning.edits import load_edit
 
 torch.set_num_threads(1)
 
@@ -90,7 +90,8 @@ def test_sweep_writes_one_row_per_run_and_chooses_on_validation(finished):
     rows = read_rows(out / "results.jsonl")
     assert len(rows) == config.n_runs() == 2 * 2 * 2
     assert len({r["run_id"] for r in rows}) == len(rows)
-    assert {(r["method"], r["budget"], r["lr"]) for r in rows} == {(m, b, lr) for m, lrs in (("single", (0.01, 0.3)), ("lora_r1", (0.001, 0.03))) for b in (4, 8) for lr in lrs}
+    assert {(r["method"], r["budget"], r["lr"]) for r in rows} == {(m, b, lr) for m, lrs in (("single", (0.01, 0.3)), ("lora_r1", (0.001, 0.03)))
+        for b in (4, 8) for lr in lrs}
     base = json.loads((out / "base_ce.json").read_text())
     for r in rows:
         assert r["status"] == "ok" and r["forget_tokens"] == r["budget"] and 1 <= r["steps"] <= 4
@@ -375,10 +376,10 @@ def test_selection_by_scan_on_validation_data(assets):
     """SEMANTICS S3.3. `rank: scan` keeps the candidates with the largest validation forget gain within the damage
     bound — the same figures an independent dose scan of those candidates gives; neuron_single and a
     CI-gated single key are configs of the existing methods."""
+    from comptune.corpus.datasets import sample_blocks
     from comptune.decomposition.bases import neuron_components
     from comptune.inspection.scan import DoseScanner, dose_scan
     from comptune.study.selection import resolve_selections
-    from comptune.corpus.datasets import sample_blocks
 
     config = sweep_config(assets, methods=[
         dict(name="single", method="component_scale", select=dict(rank="scan", top=1, candidates=2), lrs=[0.1]),

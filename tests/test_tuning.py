@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 from comptune.decomposition import CIConfig, Decomposition
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 from comptune.tuning import (
-    ComponentScaleConfig,
     Components,
+    ComponentScaleConfig,
     Selection,
     TuneConfig,
     apply_component_scale,

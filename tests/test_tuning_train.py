@@ -269,7 +269,8 @@ def test_non_finite_loss_restores_the_last_good_step(make_model):
         return out * float("nan") if calls["n"] == 1 + 3 * 3 + 2 else out
 
     model.h[1].register_forward_hook(poison)
-    with pytest.raises(NonFiniteLossError, match=r"diverged at step 3: the loss became non-finite \(forget CE nan.*restored the parameters of step 2; lower the learning rate") as err:
+    with pytest.raises(NonFiniteLossError, match=r"diverged at step 3: the loss became non-finite \(forget CE nan"
+        r".*restored the parameters of step 2; lower the learning rate") as err:
         tune(scale_config(max_steps=10, patience=1000), model, forget, retain, components())
     assert err.value.step == 3
     restored = float(model.h[1].attn.v_proj.scale.detach()[0])
@@ -285,7 +286,8 @@ def test_divergence_stops_with_the_last_good_parameters_and_overflowing_lrs_are_
 
     forget, retain = streams()
     model = make_model()
-    with pytest.raises(NonFiniteLossError, match=r"training diverged at step \d+: (the retain KL passed|a scalar reached).*restored the parameters of step") as err:
+    with pytest.raises(NonFiniteLossError, match=r"training diverged at step \d+: (the retain KL passed|a scalar reached)"
+        r".*restored the parameters of step") as err:
         tune(scale_config(lr=100, max_steps=50, patience=1000), model, forget, retain, components())
     k = err.value.step  # the parameters after k updates passed a bound; the model keeps those after k − 1
     kept = float(model.get_submodule("h.1.attn.v_proj").scale.detach()[0])

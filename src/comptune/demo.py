@@ -50,9 +50,12 @@ def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the case study on the bundled model: selection, a small sweep, then the report (~10.5 min on 2 cores)")
-    p.add_argument("--full", action="store_true", help="the whole study instead (configs/full.yaml: budgets 2..2048, 9 seeds, the write-up's lr/alpha grid, patience 300 / ceiling 3000: 3240 runs, days on 2 cores; resumable)")
+    p.add_argument("--full", action="store_true",
+                   help="the whole study instead (configs/full.yaml: budgets 2..2048, 9 seeds, the write-up's lr/alpha grid, "
+                   "patience 300 / ceiling 3000: 3240 runs, days on 2 cores; resumable)")
     p.add_argument("--out", type=Path, help="results directory (default: results/demo or results/full); re-running resumes it")
-    p.add_argument("--workers", type=int, default=_cores(), help=f"runs at a time, each in its own process with one torch thread; default: the cores this process may use ({_cores()} here)")
+    p.add_argument("--workers", type=int, default=_cores(),
+                   help=f"runs at a time, each in its own process with one torch thread; default: the cores this process may use ({_cores()} here)")
     p.set_defaults(func=_demo, kept_on_interrupt="every finished run is kept in its results folder's runs.jsonl")
 
 

@@ -11,8 +11,6 @@ on a machine without comptune.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,6 +29,7 @@ class ComptuneLMConfig(PretrainedConfig):
         d_model: int = 128,
         n_head: int = 4,
         d_mlp: int = 512,
+        n_kv_head: int | None = None,
         n_ctx: int = 256,
         rope_base: float = 10000.0,
         rms_eps: float = 1e-6,
@@ -40,11 +39,15 @@ class ComptuneLMConfig(PretrainedConfig):
     ):
         if d_model % n_head:
             raise ValueError(f"d_model={d_model} must be divisible by n_head={n_head}")
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if n_kv_head < 1 or n_head % n_kv_head:
+            raise ValueError(f"n_head={n_head} must be a multiple of n_kv_head={n_kv_head} (grouped-query attention)")
         self.vocab_size = vocab_size
         self.n_layer = n_layer
         self.d_model = d_model
         self.n_head = n_head
         self.d_mlp = d_mlp
+        self.n_kv_head = n_kv_head  # key/value heads; fewer than n_head = grouped-query attention
         self.n_ctx = n_ctx
         self.rope_base = rope_base
         self.rms_eps = rms_eps
@@ -64,6 +67,10 @@ class ComptuneLMConfig(PretrainedConfig):
     @property
     def num_attention_heads(self) -> int:
         return self.n_head
+
+    @property
+    def num_key_value_heads(self) -> int:
+        return self.n_kv_head
 
     @property
     def max_position_embeddings(self) -> int:
@@ -100,18 +107,22 @@ class Attention(nn.Module):
     def __init__(self, cfg: ComptuneLMConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        self.n_kv_head = cfg.n_kv_head
         self.d_head = cfg.d_model // cfg.n_head
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * self.d_head, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * self.d_head, bias=False)
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, D = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, H, T, dh)
-        k = self.k_proj(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.d_head).transpose(1, 2)  # (B, Hkv, T, dh)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.d_head).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.n_kv_head != self.n_head:  # grouped-query: KV head j serves query heads j·r … j·r + r − 1
+            r = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)  # (B, H, T, dh)
         if attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:

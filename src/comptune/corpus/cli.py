@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_build)
     s = csub.add_parser("stats", help="characters per split and language of the shipped corpus")
     s.set_defaults(func=_stats)
-    m = csub.add_parser("blocks", help="sample token windows of a language mix into a .safetensors `blocks` tensor (e.g. to decompose a model on its training mix)")
+    m = csub.add_parser("blocks",
+        help="sample token windows of a language mix into a .safetensors `blocks` tensor (e.g. to decompose a model on its training mix)")
     m.add_argument("--tokenizer", type=Path, required=True, help="tokenizer (or model) folder")
     m.add_argument("--split", default="train", choices=["train", "valid", "eval"], help="bundled split to draw from")
     m.add_argument("--mix", default="en=0.70,de=0.07,fr=0.05,es=0.05,it=0.05,code=0.08", help="lang=weight,... (the bundled model's training mix)")

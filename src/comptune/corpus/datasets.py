@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .bundle import BUNDLED_DATASETS, bundled_texts
 from ..errors import UserError
+from .bundle import BUNDLED_DATASETS, bundled_texts
 
 
 def dataset_texts(name_or_path: str, **load_kwargs) -> list[str]:

@@ -13,7 +13,12 @@ The method is stated and numbered in docs/SPEC.md. Reading order, following the 
 
 from .._lazy import lazy_exports
 
-__all__ = ["CIConfig", "CausalImportance", "DecomposeConfig", "Decomposition", "GlobalTransformerCI", "LayerwiseMLPCI", "LinearComponents", "SharedMLPCI", "VectorMLPCI", "decompose", "format_component_key", "format_report", "lower_leaky_hard_sigmoid", "parse_component_key", "quality_report", "upper_leaky_hard_sigmoid"]
+__all__ = [
+    "CIConfig", "CausalImportance", "DecomposeConfig", "Decomposition", "GlobalTransformerCI",
+    "LayerwiseMLPCI", "LinearComponents", "SharedMLPCI", "VectorMLPCI", "decompose", "format_component_key",
+    "format_report", "lower_leaky_hard_sigmoid", "parse_component_key", "quality_report",
+    "upper_leaky_hard_sigmoid",
+]
 
 # imported on first use (comptune --help must not import torch)
 __getattr__, __dir__ = lazy_exports(__name__, {

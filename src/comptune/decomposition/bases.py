@@ -17,8 +17,8 @@ import fnmatch
 import torch
 import torch.nn as nn
 
-from .components import SUPPORTED_MODULE_TYPES, Components, linear_layout_weight
 from ..errors import UserError
+from .components import SUPPORTED_MODULE_TYPES, Components, linear_layout_weight
 
 # MLP output projections, whose inputs are the hidden units (ComptuneLM/Llama, GPT-2)
 NEURON_MODULE_PATTERNS = ("*mlp.down_proj", "*mlp.c_proj", "*mlp.dense_4h_to_h")  # Llama/ComptuneLM, GPT-2, GPT-NeoX

@@ -27,7 +27,6 @@ from pydantic import Field, model_validator
 from ..config import StrictConfig
 from ..errors import UserError
 
-
 LAYERWISE_TYPES = ("layerwise_mlp", "vector_mlp", "shared_mlp")
 
 

@@ -16,7 +16,8 @@ from ..errors import UserError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decompose", help="decompose a model's linear weights into rank-1 subcomponents (VPD/SPD); resumable")
     p.add_argument("--model", type=Path, required=True, help="target model folder (save_pretrained layout, safetensors)")
-    p.add_argument("--data", required=True, help="training text: a bundled dataset name, a text/JSONL path, or a .safetensors file with a `blocks` [N, T] tensor")
+    p.add_argument("--data", required=True,
+        help="training text: a bundled dataset name, a text/JSONL path, or a .safetensors file with a `blocks` [N, T] tensor")
     p.add_argument("--eval-data", help="held-out data for the periodic quality figures (same forms as --data)")
     p.add_argument("--out", type=Path, required=True, help="output folder (decomposition, logs, checkpoint)")
     p.add_argument("--preset", choices=["paper", "small"], default="paper", help="starting config; --config overrides its fields")
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_decompose, kept_on_interrupt="the last checkpoint in {out} is kept (none before the first)",
                    resume_args=["--resume"])
 
-    saved = sub.add_parser("decomposition", help="work with a saved decomposition").add_subparsers(dest="decomposition_command", metavar="COMMAND", required=True)
+    saved = sub.add_parser("decomposition", help="work with a saved decomposition").add_subparsers(
+        dest="decomposition_command", metavar="COMMAND", required=True)
     r = saved.add_parser("report", help="quality figures (SPEC §6): CE target/unmasked/stochastic/CI-masked/rounded, L0, alive, PGD KL")
     r.add_argument("decomposition", type=Path, help="decomposition folder")
     r.add_argument("--model", type=Path, help="target model folder (default: the one recorded in the decomposition)")

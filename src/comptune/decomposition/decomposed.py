@@ -25,11 +25,11 @@ import torch
 import torch.nn as nn
 
 from .._io import load_safetensors, save_safetensors_atomic, versions, write_json_atomic
+from ..errors import UserError, UserKeyError
 from ..model.fingerprint import weights_fingerprint
 from .ci import CIConfig, build_ci_fn, dashed
 from .components import SUPPORTED_MODULE_TYPES, LinearComponents, linear_layout_weight, module_kind
 from .sigmoids import lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
-from ..errors import UserError, UserKeyError
 
 FORMAT = "comptune-decomposition"
 FORMAT_VERSION = 1
@@ -335,7 +335,8 @@ def _load_params(module: nn.Module, tensors: dict[str, torch.Tensor | None], pre
     expected = module.state_dict()
     missing = sorted(prefix + k for k in expected if tensors.get(k) is None)
     if missing:
-        raise UserError(f"{directory / WEIGHTS_NAME} is missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}; the file is incomplete or from another format")
+        raise UserError(f"{directory / WEIGHTS_NAME} is missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            f"; the file is incomplete or from another format")
     unexpected = sorted(prefix + k for k in tensors if k not in expected)
     if unexpected:
         raise UserError(f"{directory / WEIGHTS_NAME} has tensors {unexpected[:5]} that the CI function in {META_NAME} does not have")

@@ -39,10 +39,10 @@ import yaml
 from comptune._io import share_files
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 
+from ..errors import UserError, UserKeyError
 from .ci import CIConfig, build_ci_fn, dashed
 from .components import LinearComponents
 from .decomposed import Decomposition, resolve_patterns
-from ..errors import UserError, UserKeyError
 
 CONFIG_NAMES = ("final_config.yaml", "experiment_config.yaml")
 _CHECKPOINT_RE = re.compile(r"^model_(\d+)\.pth$")
@@ -336,8 +336,9 @@ def comptune_config_from_llama_simple_mlp(model_config: dict) -> ComptuneLMConfi
     """Our config for their `LlamaSimpleMLP` (spd/pretrain/models/llama_simple_mlp.py), when we can represent it.
 
     Their model: rotate-half RoPE over the full head (rotary_dim is forced to head_dim), fp32 RMSNorm
-    with weight, tanh-GELU MLP, causal attention, tied wte / lm_head — the same as ours as long as
-    attention is plain multi-head (no grouped KV heads, separate q/k/v projections) and nothing has a bias.
+    with weight, tanh-GELU MLP, causal attention with grouped KV heads repeated after RoPE, tied
+    wte / lm_head — the same as ours as long as q/k/v are separate projections (their GQA path) and
+    nothing has a bias.
     """
     c = {**_LLAMA_SIMPLE_MLP_DEFAULTS, **model_config}
     if c.get("model_type", "LlamaSimpleMLP") != "LlamaSimpleMLP":
@@ -347,15 +348,15 @@ def comptune_config_from_llama_simple_mlp(model_config: dict) -> ComptuneLMConfi
             (c["attn_bias"] or c["mlp_bias"], "biases"),
             (c["rotary_adjacent_pairs"], "adjacent-pair RoPE"),
             (not c["use_grouped_query_attention"], "a fused c_attn projection"),
-            (c["use_grouped_query_attention"] and c["n_key_value_heads"] != c["n_head"],
-             f"grouped KV heads ({c['n_key_value_heads']} for {c['n_head']} query heads)"),
+            (c["use_grouped_query_attention"] and c["n_head"] % c["n_key_value_heads"],
+             f"{c['n_key_value_heads']} KV heads, which do not divide its {c['n_head']} query heads"),
         ) if bad
     ]
     if unsupported:
         raise UserError(f"their LlamaSimpleMLP target uses {', '.join(unsupported)}, which ComptuneLM cannot represent")
     return ComptuneLMConfig(
         vocab_size=c["vocab_size"], n_layer=c["n_layer"], d_model=c["n_embd"], n_head=c["n_head"],
-        d_mlp=c["n_intermediate"], n_ctx=min(c["n_ctx"], c["block_size"]), rope_base=float(c["rotary_base"]),
+        d_mlp=c["n_intermediate"], n_kv_head=c["n_key_value_heads"], n_ctx=min(c["n_ctx"], c["block_size"]), rope_base=float(c["rotary_base"]),
         rms_eps=float(c["rms_norm_eps"]),
     )
 
@@ -408,7 +409,8 @@ def _load_exact(module: nn.Module, sd: dict[str, torch.Tensor], *, what: str) ->
         raise UserKeyError(f"{what} do not fit the {type(module).__name__} built for them: missing {missing[:5]}, unexpected {unexpected[:5]}")
     bad = [k for k in expected if tuple(expected[k].shape) != tuple(sd[k].shape)]
     if bad:
-        raise UserError(f"{what}: {bad[0]} has shape {tuple(sd[bad[0]].shape)}, the {type(module).__name__} built for them needs {tuple(expected[bad[0]].shape)}")
+        raise UserError(f"{what}: {bad[0]} has shape {tuple(sd[bad[0]].shape)}"
+            f", the {type(module).__name__} built for them needs {tuple(expected[bad[0]].shape)}")
     module.load_state_dict(sd, strict=True)
 
 

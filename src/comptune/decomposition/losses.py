@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .decomposed import Decomposition
 from ..errors import UserError
+from .decomposed import Decomposition
 
 Masks = dict[str, torch.Tensor]
 # (masked output, target output) -> scalar loss; None means KL(target ‖ masked)
@@ -156,7 +156,8 @@ class PersistentPGD:
     def masks(self, ci_lower: Masks) -> tuple[Masks, Masks]:
         return masks_from_sources(ci_lower, self.sources)
 
-    def loss(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor, ci_lower: Masks, recon: Reconstruction = None) -> torch.Tensor:
+    def loss(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor,
+            ci_lower: Masks, recon: Reconstruction = None) -> torch.Tensor:
         """Reconstruction loss (default KL(target ‖ masked)) with every module routed and the sources as masks."""
         masks, delta_masks = self.masks(ci_lower)
         return (recon or kl_target_to_masked)(decomposition.masked_logits(input_ids, masks, delta_masks), target_out)
@@ -198,7 +199,8 @@ class PersistentPGD:
                 for name, store in (("source", self.sources), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
                     t = tensors[f"{p}.{name}"]
                     if t.shape != store[p].shape:
-                        raise UserError(f"checkpointed adversary source {p}.{name} has shape {tuple(t.shape)}, expected {tuple(store[p].shape)} (batch size or C changed)")
+                        raise UserError(f"checkpointed adversary source {p}.{name} has shape {tuple(t.shape)}"
+                            f", expected {tuple(store[p].shape)} (batch size or C changed)")
                     store[p].copy_(t)
 
 

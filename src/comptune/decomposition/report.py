@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .decomposed import Decomposition
 from .losses import eval_pgd_kl, kl_target_to_masked, sample_stochastic_masks
-from ..errors import UserError
 
 ROUNDING_THRESHOLDS = (0.0, 0.1, 0.5)
 ALIVE_THRESHOLD = 1e-6

@@ -37,22 +37,22 @@ from tqdm.auto import tqdm
 from .._io import append_jsonl, load_safetensors, read_jsonl, save_safetensors_atomic, versions, write_json_atomic
 from .._signals import StopRequested
 from ..config import StrictConfig
-from .ci import CIConfig
+from ..errors import NonFiniteError, UserError
 from .bases import svd_components
+from .ci import CIConfig
 from .components import linear_layout_weight
 from .decomposed import Decomposition
 from .losses import (
     PersistentPGD,
+    TargetDistribution,
     anneal_p,
     faithfulness_loss,
-    TargetDistribution,
     kl_target_to_masked,
     minimality_loss,
     sample_stochastic_masks,
     sample_subset_routing,
 )
 from .report import quality_report
-from ..errors import NonFiniteError, UserError
 
 # The paper's 24 matrices of the 4-layer model and their C (SPEC §1).
 PAPER_PATTERNS = {
@@ -292,7 +292,8 @@ def decompose(
             (out_dir / INIT_FROM_NAME).unlink(missing_ok=True)
             if init_from is not None:
                 write_json_atomic(out_dir / INIT_FROM_NAME, init_record)
-        write_json_atomic(out_dir / CONFIG_NAME, {"config": config.model_dump(mode="json"), "seed": config.seed, "world_size": world_size, "versions": versions()})
+        write_json_atomic(out_dir / CONFIG_NAME, {"config": config.model_dump(mode="json"), "seed": config.seed,
+            "world_size": world_size, "versions": versions()})
 
     def save_checkpoint() -> None:
         t = trainer.state_tensors()  # every rank takes part (the adversaries are gathered)
@@ -344,7 +345,8 @@ def decompose(
         decomposition.save(out_dir)
         if evaluate and completed:
             report = _log_eval(decomposition, eval_blocks, config, out_dir, step, bar=None)
-            write_json_atomic(out_dir / QUALITY_NAME, {"step": step, "report": report, "config": config.model_dump(mode="json"), "seed": config.seed, "versions": versions()})
+            write_json_atomic(out_dir / QUALITY_NAME, {"step": step, "report": report, "config": config.model_dump(mode="json"),
+                "seed": config.seed, "versions": versions()})
     if stopped and rank == 0:
         print(f"decompose: stopped at step {step}/{config.steps}; checkpoint in {ckpt_path} (resume to continue)")
     return decomposition

@@ -2,7 +2,10 @@
 
 from .._lazy import lazy_exports
 
-__all__ = ["DatasetCE", "EvalConfig", "EvalResult", "RolloutConfig", "check_vocab", "evaluate_ce", "model_logits", "prompt_ids", "rollouts", "rollouts_markdown", "run_eval", "run_rollouts"]
+__all__ = [
+    "DatasetCE", "EvalConfig", "EvalResult", "RolloutConfig", "check_vocab", "evaluate_ce", "model_logits",
+    "prompt_ids", "rollouts", "rollouts_markdown", "run_eval", "run_rollouts",
+]
 
 # imported on first use (comptune --help must not import torch)
 __getattr__, __dir__ = lazy_exports(__name__, {

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .._io import versions, write_json_atomic
-from ..model.loading import model_vocab_size
 from ..errors import UserError
+from ..model.loading import model_vocab_size
 
 
 @dataclass

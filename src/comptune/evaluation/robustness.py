@@ -34,8 +34,8 @@ import torch.nn as nn
 from pydantic import Field, field_validator
 
 from ..config import StrictConfig
-from ..tuning.edits import check_dose, dosed_scales
 from ..errors import NonFiniteError, UserError
+from ..tuning.edits import check_dose, dosed_scales
 
 OVERLAP_WINDOW = 16  # tokens: an attacker window this long found in the evaluation text is a leak
 Attacker = Literal["full", "lora"]

@@ -10,10 +10,10 @@ from pydantic import Field
 
 from .._io import versions
 from ..config import StrictConfig
+from ..errors import UserError
 from ..model.loading import context_length
 from .ce import EvalResult, evaluate_ce
 from .rollouts import rollouts
-from ..errors import UserError
 
 
 class EvalConfig(StrictConfig):

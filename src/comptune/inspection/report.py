@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._io import versions
+from ..errors import UserError
 from .examples import inspect_components, write_vector_effects
 from .stats import component_stats, rank_by_difference, rank_by_specificity
-from ..errors import UserError
 
 
 def inspection_report(

@@ -33,8 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..decomposition.components import Components, parse_component_key, validate_keys
-from ..model.prefix import block_index, decoder_blocks, prefix_replayed, recording, repeat_output
 from ..errors import UserError
+from ..model.prefix import block_index, decoder_blocks, prefix_replayed, recording, repeat_output
 
 # |s − 1| tried outward from s = 1 on each side before bisection; the German MLP unit of the
 # bundled model needs s ≈ −32, so the grid reaches well past that
@@ -101,7 +101,8 @@ class DoseScanner:
     `datasets` maps a name to token blocks [N, T]; every evaluation returns the mean CE per dataset.
     """
 
-    def __init__(self, model: nn.Module, basis: Mapping[str, Components], datasets: Mapping[str, torch.Tensor], *, batch_size: int = 8, points_per_forward: int = 8):
+    def __init__(self, model: nn.Module, basis: Mapping[str, Components], datasets: Mapping[str, torch.Tensor],
+            *, batch_size: int = 8, points_per_forward: int = 8):
         if batch_size < 1 or points_per_forward < 1:
             raise UserError("batch_size and points_per_forward must be >= 1")
         for name, b in datasets.items():
@@ -242,7 +243,8 @@ def dose_scan(scanner, keys: list[str], *, target: str, reference: str, bound: f
 
 
 @torch.no_grad()
-def attribution_scores(model: nn.Module, basis: Mapping[str, Components], datasets: Mapping[str, torch.Tensor], *, batch_size: int = 8) -> dict[str, dict[str, torch.Tensor]]:
+def attribution_scores(model: nn.Module, basis: Mapping[str, Components], datasets: Mapping[str, torch.Tensor],
+        *, batch_size: int = 8) -> dict[str, dict[str, torch.Tensor]]:
     """Per dataset and unit: `dce_ds`, the first-order effect dCE/ds at s = 1, and `write_power`, the
     mean squared write (v_cᵀ x)²·‖u_c‖² per token. {name: {path: [r]}} for each of the two."""
     device = next(model.parameters()).device
@@ -358,7 +360,8 @@ def scan_report(*, model, tokenizer, decomposition, basis_name: str, modules: li
     if keys:
         candidates = list(keys)
     else:
-        log(f"scan: ranking the {basis_name} basis of {len(paths)} modules by {', '.join(RANKINGS if decomposition is not None and basis_name == 'components' else RANKINGS[2:])}")
+        log(f"scan: ranking the {basis_name} basis of {len(paths)} modules"
+            f" by {', '.join(RANKINGS if decomposition is not None and basis_name == 'components' else RANKINGS[2:])}")
         comp_decomp = decomposition if basis_name == "components" else None
         if comp_decomp is not None and set(paths) != set(decomposition.module_paths):
             comp_decomp = None  # CI rankings cover the whole decomposition; restricted modules rank by effect only

@@ -102,7 +102,8 @@ def _ranked(scores: dict[str, torch.Tensor], top: int | None, modules: list[str]
     return flat[:top] if top is not None else flat
 
 
-def rank_by_difference(stats: ComponentStats | UnitScores, target: str, reference: str, *, top: int | None = None, modules: list[str] | None = None) -> list[tuple[str, float]]:
+def rank_by_difference(stats: ComponentStats | UnitScores, target: str, reference: str,
+        *, top: int | None = None, modules: list[str] | None = None) -> list[tuple[str, float]]:
     """The study's criterion: score (mean CI for ComponentStats) on `target` minus on `reference`
     (e.g. German − English), best first."""
     s = _unit_scores(stats)
@@ -110,7 +111,8 @@ def rank_by_difference(stats: ComponentStats | UnitScores, target: str, referenc
     return _ranked({p: m[t] - m[r] for p, m in s.values.items()}, top, modules)
 
 
-def rank_by_specificity(stats: ComponentStats | UnitScores, target: str, protected: list[str], *, top: int | None = None, modules: list[str] | None = None) -> list[tuple[str, float]]:
+def rank_by_specificity(stats: ComponentStats | UnitScores, target: str, protected: list[str],
+                        *, top: int | None = None, modules: list[str] | None = None) -> list[tuple[str, float]]:
     """Score on `target` minus the maximum over every protected dataset (e.g. German − max(other languages)):
     penalises a unit that fires on *any* dataset the edit should spare."""
     if not protected:

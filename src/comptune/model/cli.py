@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args) -> int:
-    from .pretrain import PretrainConfig, pretrain, prepare_data
+    from .pretrain import PretrainConfig, prepare_data, pretrain
 
     cfg = PretrainConfig.from_file(args.config) if args.config else PretrainConfig()
     if args.max_steps is not None:

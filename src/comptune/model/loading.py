@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 from ..errors import UserError
+from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 
 AutoConfig.register(ComptuneLMConfig.model_type, ComptuneLMConfig, exist_ok=True)
 AutoModelForCausalLM.register(ComptuneLMConfig, ComptuneLMForCausalLM, exist_ok=True)

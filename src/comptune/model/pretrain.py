@@ -20,8 +20,8 @@ from .._io import load_safetensors, save_safetensors_atomic, share_files, versio
 from .._signals import StopRequested
 from ..config import StrictConfig
 from ..corpus.datasets import mix_windows
-from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 from ..errors import NonFiniteError, UserError
+from .modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 
 
 class PretrainConfig(StrictConfig):

@@ -44,7 +44,8 @@ def method_colors(methods: list[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
-def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int], *, chance_gap: float, max_damage: float, forget_label: str, retain_label: str, stem: Path) -> list[Path]:
+def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int],
+        *, chance_gap: float, max_damage: float, forget_label: str, retain_label: str, stem: Path) -> list[Path]:
     """One panel per budget: x = forget CE increase, y = retain CE increase, one point per run;
     dotted vertical line = forget set at chance (x = ln|V| − base CE), dashed = the damage bound."""
     colors = method_colors(methods)
@@ -81,7 +82,8 @@ def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int], *, c
     return save_figure(fig, stem)
 
 
-def plot_budget_curves(table: list[dict], methods: list[str], *, chance_gap: float, max_damage: float, forget_label: str, retain_label: str, stem: Path) -> list[Path]:
+def plot_budget_curves(table: list[dict], methods: list[str],
+                       *, chance_gap: float, max_damage: float, forget_label: str, retain_label: str, stem: Path) -> list[Path]:
     """Mean forget CE increase (left) and mean retain damage (right) of the chosen runs against the
     budget (log x), one line per method; `table` is `report.summary.budget_curve_table`."""
     colors = method_colors(methods)

@@ -18,9 +18,9 @@ import math
 from pathlib import Path
 
 from .._io import versions, write_json_atomic
+from ..errors import UserError
 from ..evaluation.robustness import AttackConfig
 from .summary import SweepResults
-from ..errors import UserError
 
 ROBUSTNESS_DIR = "robustness"
 
@@ -144,7 +144,8 @@ def robustness_markdown(rows: list[dict], config: AttackConfig, figure: str | No
           f"quantisation of the merged model; half dose (t = 0.5). `removed`: `{config.target}` CE increase over the base model "
           f"(nats); `½ step`: first step at which half of it is back (`never` within {config.max_steps}); `gap`: what is still "
           "removed at the end against the base model attacked the same way.", "",
-          f"| method | budget | removed | int8 | int4 | t = 0.5 | full N={n_lo} ½ step | full N={n_hi} ½ step / gap | LoRA N={n_lo} ½ step | LoRA N={n_hi} ½ step / gap |",
+          f"| method | budget | removed | int8 | int4 | t = 0.5 | full N={n_lo} ½ step |"
+              f" full N={n_hi} ½ step / gap | LoRA N={n_lo} ½ step | LoRA N={n_hi} ½ step / gap |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def cell(key: str) -> str:

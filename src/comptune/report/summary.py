@@ -22,10 +22,10 @@ from pathlib import Path
 import yaml
 
 from .._io import read_jsonl, versions, write_json_atomic, write_text_atomic
+from ..errors import UserError
 from ..evaluation.rollouts import rollouts_markdown
 from ..study.config import SweepConfig
 from .plots import plot_budget_curves, plot_off_target, plot_scalars, plot_tradeoff
-from ..errors import UserError
 
 SCALAR_PLOT_MAX_KEYS = 32  # methods with more scalars per run (the L1-over-modules variant) are summarised, not plotted
 

@@ -9,7 +9,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run (or resume) an unlearning sweep: methods x budgets x seeds x learning rates")
     p.add_argument("config", type=Path, help="sweep YAML (SweepConfig fields; unknown keys are an error), e.g. configs/full.yaml")
-    p.add_argument("--out", type=Path, help="results directory (default: results/<config name>); re-running resumes it, and a config with more seeds or budgets grows it")
+    p.add_argument("--out", type=Path,
+        help="results directory (default: results/<config name>); re-running resumes it, and a config with more seeds or budgets grows it")
     p.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process with one torch thread (e.g. the number of cores); default 1")
     p.set_defaults(func=_sweep, kept_on_interrupt="every finished run is kept in its --out folder's runs.jsonl")
 

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictConfig
-from ..tuning.config import SCALAR_METHODS, Method
 from ..errors import UserError, UserKeyError
+from ..tuning.config import SCALAR_METHODS, Method
 
 BUNDLED = "bundled"
 LORA_METHODS = ("lora", "lora_local")

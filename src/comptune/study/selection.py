@@ -15,9 +15,10 @@ from .. import inspection
 from ..corpus.datasets import sample_blocks
 from ..decomposition.bases import default_neuron_modules, linear_module_paths, neuron_components, svd_components
 from ..decomposition.components import Components, parse_component_key, validate_keys
+from ..errors import UserError
 from ..tuning import Selection
 from .config import MethodSpec, SweepConfig
-from ..errors import UserError
+
 
 @torch.no_grad()
 def write_magnitudes(model: nn.Module, basis: dict[str, Components], datasets: dict[str, torch.Tensor], batch_size: int = 8) -> inspection.UnitScores:
@@ -132,7 +133,8 @@ def _select_by_scan(config: SweepConfig, spec: MethodSpec, model: nn.Module, tok
     rankings = candidate_rankings(model, basis, blocks, target=sd.target, reference=sd.reference, protected=sd.protected, decomposition=ci_source)
     candidates = pool_candidates(rankings, sel.candidates)
     if len(candidates) < sel.top:
-        raise UserError(f"method {spec.name!r}: asked for the top {sel.top} by scan but the rankings give only {len(candidates)} candidates; raise select.candidates")
+        raise UserError(f"method {spec.name!r}: asked for the top {sel.top} by scan"
+            f" but the rankings give only {len(candidates)} candidates; raise select.candidates")
     valid = {}
     for name in (sc.forget_valid, sc.retain_valid):
         valid[name] = sample_blocks(name, tokenizer, sd.block_len, sd.scan_blocks)

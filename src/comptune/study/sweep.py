@@ -54,12 +54,12 @@ import yaml
 
 from .._io import append_jsonl, read_jsonl, versions, write_json_atomic, write_text_atomic
 from ..corpus.datasets import sample_blocks
+from ..errors import UserError
 from ..model.loading import context_length
 from ..tuning import NonFiniteLossError, Selection, TuneConfig, take_budget, tune
 from ..tuning.edits import edited_lm
 from .config import LORA_METHODS, SweepConfig
 from .selection import resolve_selections
-from ..errors import UserError
 
 Log = Callable[[str], None]
 
@@ -116,7 +116,8 @@ def load_inputs(config: SweepConfig) -> StudyInputs:
         decomposition = Decomposition.load(ddir, copy.deepcopy(model))
 
     n_ctx = context_length(model)
-    for what, length in (("train.seq_len", config.train.seq_len), ("eval.block_len", config.eval.block_len), ("selection_data.block_len", config.selection_data.block_len)):
+    for what, length in (("train.seq_len", config.train.seq_len),
+        ("eval.block_len", config.eval.block_len), ("selection_data.block_len", config.selection_data.block_len)):
         if n_ctx is not None and length > n_ctx:
             raise UserError(f"{what}={length} exceeds the model's context of {n_ctx} tokens; lower it")
 
@@ -340,7 +341,8 @@ def choose_settings(rows: list[dict], scoring) -> list[dict]:
             damage = sum(r["score"]["valid_damage"] for r in rs) / len(rs)
             scored.append({"lr": lr, "lora_alpha": alpha, "valid_forget_gain": gain, "valid_damage": damage, "run_ids": [r["run_id"] for r in rs]})
         if not scored:
-            out.append({"method": method, "budget": budget, "lambda_retain": lam, "lr": None, "lora_alpha": None, "feasible": False, "run_ids": [], "candidates": []})
+            out.append({"method": method, "budget": budget, "lambda_retain": lam, "lr": None, "lora_alpha": None,
+                "feasible": False, "run_ids": [], "candidates": []})
             continue
         feasible = [c for c in scored if c["valid_damage"] < scoring.max_damage]
         pool = feasible or scored

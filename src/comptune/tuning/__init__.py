@@ -7,7 +7,13 @@
 
 from .._lazy import lazy_exports
 
-__all__ = ["ComponentScaleConfig", "ComponentScaleLayer", "ComponentScaleModel", "Components", "LossTerms", "NonFiniteLossError", "SIGN_CONVENTION", "Selection", "TunableModel", "TuneConfig", "TuneResult", "apply_component_scale", "build_method", "capped_forget_term", "forget_sequences", "linear_module_paths", "load_adapter", "module_keys", "next_token_ce", "retain_kl", "svd_components", "take_budget", "tune", "tuning_loss"]
+__all__ = [
+    "ComponentScaleConfig", "ComponentScaleLayer", "ComponentScaleModel", "Components", "LossTerms",
+    "NonFiniteLossError", "SIGN_CONVENTION", "Selection", "TunableModel", "TuneConfig", "TuneResult",
+    "apply_component_scale", "build_method", "capped_forget_term", "forget_sequences", "linear_module_paths",
+    "load_adapter", "module_keys", "next_token_ce", "retain_kl", "svd_components", "take_budget", "tune",
+    "tuning_loss",
+]
 
 # imported on first use (comptune --help must not import torch)
 __getattr__, __dir__ = lazy_exports(__name__, {

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
-from .config import Method
 from ..errors import UserError
+from .config import Method
 
 
 def register(sub: argparse._SubParsersAction) -> None:

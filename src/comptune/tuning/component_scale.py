@@ -37,8 +37,8 @@ from ..decomposition.components import (
     source_module_paths,
     validate_keys,
 )
-from ..model.fingerprint import weights_fingerprint
 from ..errors import UserError
+from ..model.fingerprint import weights_fingerprint
 
 SIGN_CONVENTION = (
     "s_c multiplies subcomponent c's contribution: the edited layer computes "

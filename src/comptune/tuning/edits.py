@@ -7,10 +7,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from ..errors import UserError
 from .component_scale import ComponentScaleModel, load_adapter
 from .methods import peft_quietly
-from ..errors import UserError
-
 
 DOSE_RANGE = (0.0, 1.5)  # 0 = the base model, 1 = the edit as trained, above 1 extrapolates past it
 

@@ -26,11 +26,11 @@ import torch
 import torch.nn as nn
 
 from .._io import share_files
+from ..decomposition.bases import default_neuron_modules, linear_module_paths, svd_components
 from ..decomposition.components import linear_layout_weight, module_keys, module_kind, parse_component_key
+from ..errors import UserError
 from .component_scale import ComponentScaleConfig, ComponentScaleModel, apply_component_scale
 from .config import TuneConfig
-from ..decomposition.bases import default_neuron_modules, linear_module_paths, svd_components
-from ..errors import UserError
 
 
 @dataclass
@@ -206,7 +206,7 @@ def _neuron_scale(model, selection, config, decomposition, decomposition_dir) ->
         return out
 
     def l1_penalty() -> torch.Tensor:
-        return sum((l - 1).abs().sum() for l in ia3.values())
+        return sum((scale - 1).abs().sum() for scale in ia3.values())
 
     tunable.scalars, tunable.l1_penalty = scalars, l1_penalty
     return tunable

@@ -24,12 +24,12 @@ from pydantic import BaseModel, ConfigDict
 
 from .._io import versions
 from ..decomposition.losses import TargetDistribution
+from ..errors import UserError
 from ..model.loading import context_length
 from ..model.prefix import decoder_blocks, first_edited_block, prefix_replayed, recording, select_output
 from .config import SCALAR_METHODS, TuneConfig
 from .methods import TunableModel, build_method
 from .objective import tuning_loss
-from ..errors import UserError
 
 
 class TuneResult(BaseModel):
@@ -211,6 +211,7 @@ def tune(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.max_steps, desc=f"{config.method} budget={config.budget} seed={config.seed}", leave=False)
+    last_good: list[torch.Tensor] = []  # the parameters before the latest update
     for step in range(config.max_steps):
         if config.forget_batch_size is None or config.forget_batch_size >= len(forget_ids):
             pick = None
