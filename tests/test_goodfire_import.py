@@ -667,3 +667,24 @@ def test_a_decomposition_of_a_gqa_target_imports_through_the_cli(tmp_path, capsy
         comps = decomposition.get_components(p)
         assert comps.V.shape == (d_in, 4) and comps.U.shape == (4, d_out)
         assert torch.equal(comps.V, sd[f"_components.{dashed(p)}.V"])
+
+
+class ReturnsLogitsAndLoss(ComptuneLMForCausalLM):
+    """Their calling convention: forward(idx) -> (logits, loss), same parameter names."""
+
+    def forward(self, idx, **kwargs):
+        return super().forward(idx).logits, None
+
+
+def test_a_target_returning_logits_and_loss_is_accepted_as_it_is(tmp_path, target):
+    """SPEC V8.1. Goodfire's targets return (logits, loss); `target=` takes such a module unchanged."""
+    theirs = ReturnsLogitsAndLoss(target.config).eval()
+    theirs.load_state_dict(target.state_dict())
+    sd = reference_checkpoint(target, "global")
+    run = write_run(tmp_path / "run", "final_config.yaml", spd_config(GLOBAL_CI), {5: sd})
+    decomposition = import_goodfire(run, tmp_path / "out", target=theirs)
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(decomposition.target_logits(ids), target(ids).logits)
+        ci = decomposition.causal_importance(ids).lower
+    assert set(ci) == set(PATHS) and all(v.shape[:2] == (2, 9) for v in ci.values())

@@ -140,3 +140,32 @@ def test_shipped_model_carries_the_current_modeling_file():
     if not shipped.is_file():
         pytest.skip("bundled model not present")
     assert shipped.read_text() == Path(modeling_comptune.__file__).read_text()
+
+
+def test_logits_are_read_from_every_output_convention():
+
+    from comptune.model.outputs import logits_of
+
+    t = torch.randn(1, 2, 3)
+    assert logits_of(t) is t and logits_of((t, None)) is t
+    assert logits_of(type("Out", (), {"logits": t})()) is t
+    with pytest.raises(TypeError, match="cannot find logits in a model output of type dict"):
+        logits_of({"x": t})
+
+
+def test_grouped_query_attention_is_multi_head_attention_with_shared_kv_heads():
+    """n_kv_head = 2 for 4 query heads equals plain attention whose k/v weights repeat each KV head for its 2 query heads."""
+    torch.manual_seed(0)
+    gqa = ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=50, n_layer=2, d_model=32, n_head=4, n_kv_head=2, d_mlp=64, n_ctx=16)).eval()
+    mha = ComptuneLMForCausalLM(ComptuneLMConfig(vocab_size=50, n_layer=2, d_model=32, n_head=4, d_mlp=64, n_ctx=16)).eval()
+    sd = gqa.state_dict()
+    for k, v in sd.items():
+        if k.endswith(("k_proj.weight", "v_proj.weight")):
+            sd[k] = v.view(2, 8, 32).repeat_interleave(2, dim=0).reshape(32, 32)
+    mha.load_state_dict(sd)
+    ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(gqa(ids).logits, mha(ids).logits, atol=1e-5)
+
+    with pytest.raises(ValueError, match="n_head=4 must be a multiple of n_kv_head=3"):
+        ComptuneLMConfig(d_model=32, n_head=4, n_kv_head=3)

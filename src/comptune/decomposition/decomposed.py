@@ -27,6 +27,7 @@ import torch.nn as nn
 from .._io import load_safetensors, save_safetensors_atomic, versions, write_json_atomic
 from ..errors import UserError, UserKeyError
 from ..model.fingerprint import weights_fingerprint
+from ..model.outputs import logits_of
 from .ci import CIConfig, build_ci_fn, dashed
 from .components import SUPPORTED_MODULE_TYPES, LinearComponents, linear_layout_weight, module_kind
 from .sigmoids import lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
@@ -51,11 +52,6 @@ class _HookState:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     delta_masks: dict[str, torch.Tensor] = field(default_factory=dict)
     routing: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def logits_of(output) -> torch.Tensor:
-    """HF models return an object with `.logits`; plain modules may return the tensor itself."""
-    return output.logits if hasattr(output, "logits") else output
 
 
 class Decomposition(nn.Module):

@@ -15,7 +15,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "RolloutConfig": ".run",
     "check_vocab": "..model.loading",
     "evaluate_ce": ".ce",
-    "model_logits": ".ce",
+    "model_logits": "..model.outputs",
     "prompt_ids": ".rollouts",
     "rollouts": ".rollouts",
     "rollouts_markdown": ".rollouts",

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .._io import versions, write_json_atomic
 from ..errors import UserError
 from ..model.loading import model_vocab_size
+from ..model.outputs import model_logits
 
 
 @dataclass
@@ -109,12 +110,6 @@ def unigram_entropy(tokens: torch.Tensor) -> float:
     counts = torch.bincount(tokens.reshape(-1)).double()
     p = counts[counts > 0] / counts.sum()
     return float(-(p * p.log()).sum())
-
-
-def model_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits (B, T, V) of an HF causal LM (output with `.logits`) or a module returning logits."""
-    out = model(input_ids)
-    return out if isinstance(out, torch.Tensor) else out.logits
 
 
 def _check_ids(name: str, blocks: torch.Tensor, vocab_size: int) -> None:

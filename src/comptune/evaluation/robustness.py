@@ -202,9 +202,10 @@ def relearn_curve(model: nn.Module, block: torch.Tensor, eval_sets: dict[str, to
                   config: AttackConfig) -> dict:
     """Fine-tune a copy of `model` on `block` (full batch every step) and read CE on `eval_sets`
     at step 0 and every `eval_every` steps. Returns {"steps", "ce": {set: [...]}, "train_loss"}."""
+    from ..model.outputs import model_logits
     from ..tuning.objective import next_token_ce
     from ..tuning.train import forget_sequences
-    from .ce import evaluate_ce, model_logits
+    from .ce import evaluate_ce
 
     net, params = _fresh_attacker(model, attacker, config)
     ids, labels = forget_sequences(block, config.seq_len)

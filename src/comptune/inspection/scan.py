@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..decomposition.components import Components, parse_component_key, validate_keys
 from ..errors import UserError
+from ..model.outputs import logits_of
 from ..model.prefix import block_index, decoder_blocks, prefix_replayed, recording, repeat_output
 
 # |s − 1| tried outward from s = 1 on each side before bisection; the German MLP unit of the
@@ -81,8 +82,7 @@ def _rank1_add_ons(module: nn.Module, v: torch.Tensor, u: torch.Tensor, delta: t
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=ids)
-    return out if isinstance(out, torch.Tensor) else out.logits
+    return logits_of(model(input_ids=ids))
 
 
 def _nll_sums(logits: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
