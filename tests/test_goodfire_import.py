@@ -1,6 +1,7 @@
 """`comptune import-goodfire`: torch-era Goodfire runs written here in the reference layout, imported and
 checked against the reference math computed directly from the raw checkpoint tensors."""
 
+import json
 import math
 import os
 from pathlib import Path
@@ -688,3 +689,30 @@ def test_a_target_returning_logits_and_loss_is_accepted_as_it_is(tmp_path, targe
         assert torch.equal(decomposition.target_logits(ids), target(ids).logits)
         ci = decomposition.causal_importance(ids).lower
     assert set(ci) == set(PATHS) and all(v.shape[:2] == (2, 9) for v in ci.values())
+
+
+def test_the_target_named_by_the_run_is_found_when_it_is_local(tmp_path, capsys):
+    """SPEC V8.2. A run whose config names a local pretraining run imports without --target-weights; one
+    naming a W&B run says which run it names and what to pass."""
+    from comptune.cli import main
+
+    g = torch.Generator().manual_seed(5)
+    sd = {"_components.h-1-attn-v_proj.V": torch.randn(32, 3, generator=g), "_components.h-1-attn-v_proj.U": torch.randn(3, 16, generator=g)}
+    pre = "ci_fn._ci_fns.h-1-attn-v_proj.layers."
+    sd.update({pre + "0.W": torch.randn(3, 1, MLP_HIDDEN, generator=g), pre + "0.b": torch.randn(3, MLP_HIDDEN, generator=g),
+               pre + "2.W": torch.randn(3, MLP_HIDDEN, 1, generator=g), pre + "2.b": torch.randn(3, 1, generator=g)})
+    config = spd_config(LAYERWISE_CI)
+    config["module_info"] = [{"module_pattern": "h.1.attn.v_proj", "C": 3}]
+    config["pretrained_model_name"] = str(GQA_FIXTURE)
+    run = write_run(tmp_path / "run", "final_config.yaml", config, {2: sd})
+    assert main(["import-goodfire", str(run), "--out", str(tmp_path / "out")]) == 0
+    meta = yaml.safe_load((tmp_path / "out" / "decomposition.json").read_text())
+    assert "names it" in json.dumps(meta["provenance"])
+    assert ComptuneLMForCausalLM.from_pretrained(tmp_path / "out" / "target").config.n_kv_head == 2
+
+    config["pretrained_model_name"] = "wandb:goodfire/spd/runs/abc123"
+    run2 = write_run(tmp_path / "run2", "final_config.yaml", config, {2: sd})
+    assert main(["import-goodfire", str(run2), "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "the target the run names (wandb:goodfire/spd/runs/abc123) is not a folder on this machine" in err and "--target-weights" in err
+    assert not (tmp_path / "out2").exists()

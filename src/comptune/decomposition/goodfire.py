@@ -449,14 +449,20 @@ def resolve_target(
     """The target model holding the decomposed weights, and how it was obtained (for provenance).
 
     In order of preference: the given `target` module; the given `target_weights` (their pretraining
-    run with `model_config.yaml`, or a local Hugging Face model folder); the checkpoint's own
-    `target_model.*` weights in a LlamaSimpleMLP-shaped ComptuneLM (whose head count only the
-    paper's Pile 4L shapes pin down). Weights found in the checkpoint must equal the target's.
+    run with `model_config.yaml`, or a local Hugging Face model folder); the target the run's own
+    config names (`pretrained_model_name` / `target.spec`), when that is a local path; the
+    checkpoint's own `target_model.*` weights in a LlamaSimpleMLP-shaped ComptuneLM (whose head
+    count only the paper's Pile 4L shapes pin down). Weights found in the checkpoint must equal the
+    target's.
     """
+    named = _local_target_source(config)
     if target is not None:
         model, origin = target.eval(), {"target": "given module"}
     elif target_weights is not None:
         model, origin = _target_from_weights(Path(target_weights), config)
+    elif named is not None:
+        model, origin = _target_from_weights(named, config)
+        origin["found_by"] = f"the run's config names it ({config.target_source})"
     elif checkpoint_target:
         if not _is_llama_simple_mlp(config.target_class):
             raise UserError(
@@ -468,7 +474,7 @@ def resolve_target(
         if {k: s for k, s in _comptune_shapes(pile).items() if k in shapes} != shapes or "wte.weight" not in shapes:
             raise UserError(
                 "the checkpoint's target_model.* weights are a LlamaSimpleMLP other than the paper's Pile 4L, and their "
-                "head count is not recorded in the checkpoint; pass --target-weights PRETRAIN_RUN_DIR "
+                f"head count is not recorded in the checkpoint{_named_source_hint(config)}; pass --target-weights PRETRAIN_RUN_DIR "
                 "(model_config.yaml + checkpoints/model_step_<n>.pt)"
             )
         model = build_pile_4l_target()
@@ -476,12 +482,27 @@ def resolve_target(
         return model, {"target": "Pile 4L (build_pile_4l_target), weights from the checkpoint's target_model.*", "built": True}
     else:
         raise UserError(
-            "the checkpoint holds no target_model.* weights; pass --target-weights PRETRAIN_RUN_DIR "
+            f"the checkpoint holds no target_model.* weights{_named_source_hint(config)}; pass --target-weights PRETRAIN_RUN_DIR "
             "(model_config.yaml + checkpoints/model_step_<n>.pt) or a local HF model folder, or target=model"
         )
     if checkpoint_target:
         _check_same_target(model, checkpoint_target, what="the checkpoint's target_model.* weights")
     return model, origin
+
+
+def _local_target_source(config: GoodfireConfig) -> Path | None:
+    """The run's named target, if it is a folder on this machine (a W&B or hub name is not)."""
+    source = config.target_source
+    if not source:
+        return None
+    path = Path(source.removeprefix("file://"))
+    return path if path.is_dir() else None
+
+
+def _named_source_hint(config: GoodfireConfig) -> str:
+    if not config.target_source:
+        return ""
+    return f", and the target the run names ({config.target_source}) is not a folder on this machine (download that run's files)"
 
 
 def _target_from_weights(path: Path, config: GoodfireConfig) -> tuple[nn.Module, dict]:
