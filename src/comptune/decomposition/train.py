@@ -152,6 +152,19 @@ SMALL_PRESET = {
 }
 
 
+def config_for_model(config: DecomposeConfig, target: torch.nn.Module) -> DecomposeConfig:
+    """`config` with its module patterns (and `init` globs) in `target`'s module names: a preset
+    written for the bundled model decomposes a GPT-2, GPT-NeoX/Pythia or Llama/Qwen model as it is
+    (model.families); patterns that already match are kept."""
+    from ..model.families import patterns_for_model, translate_globs
+
+    patterns, family = patterns_for_model(target, config.patterns)
+    if family is None:
+        return config
+    print(f"decompose: module patterns for the {family} family: {', '.join(f'{p} ({c})' for p, c in patterns.items())}", file=sys.stderr)
+    return config.model_copy(update={"patterns": patterns, "init": translate_globs(config.init, family)})
+
+
 def cosine_lr(step: int, total: int, start: float, final_frac: float, warmup_frac: float = 0.0) -> float:
     """Linear warm-up over warmup_frac·total steps, then half-cosine from start to start·final_frac."""
     warmup = int(warmup_frac * total)
@@ -255,6 +268,7 @@ def decompose(
     if embeddings is not None and not train_blocks.is_floating_point() and int(train_blocks.max()) >= embeddings.num_embeddings:
         raise UserError(f"training blocks hold token id {int(train_blocks.max())} but the model has {embeddings.num_embeddings} embeddings: "
                          "the data was tokenized with another tokenizer")
+    config = config_for_model(config, target)
     rank, world_size, device = _dist_setup()
     if config.batch_size % world_size:
         raise UserError(f"batch_size={config.batch_size} must be divisible by the number of processes ({world_size})")
