@@ -69,3 +69,23 @@ def test_errors_raised_on_purpose_are_one_line_and_bugs_keep_their_traceback(mon
         monkeypatch.setattr(cli, "build_parser", parser_raising(bug))
         with pytest.raises(type(bug)):
             cli.main(["boom"])
+
+
+def test_every_model_command_takes_a_device_and_refuses_one_it_does_not_have(capsys):
+    import pytest
+    import torch
+
+    from comptune._device import resolve_device
+    from comptune.cli import main
+
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="is not a torch device"):
+        resolve_device("gpu0")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal below needs one without")
+    for argv in (["tune", "--out", "/tmp/x", "--budget", "4"], ["decompose", "--model", "m", "--data", "d", "--out", "/tmp/x"],
+                 ["eval"], ["inspect"], ["attack", "e", "--out", "/tmp/x"]):
+        assert main([*argv, "--device", "cuda"]) == 2, argv
+        err = capsys.readouterr().err
+        assert "asks for a GPU, but this torch" in err and "use --device cpu" in err, (argv, err)

@@ -323,9 +323,21 @@ def test_presets_load_and_agree():
     # the study this machine runs (README figures) keeps every budget and method of the full one
     study = SweepConfig.from_file(configs_dir() / "study.yaml")
     assert study.budgets == full.budgets and [m.name for m in study.methods] == [m.name for m in full.methods]
-    # the other shipped sweep configs parse (unknown keys would be an error)
+    # every other shipped config parses as what it configures (unknown keys would be an error)
+    from comptune.decomposition.train import DecomposeConfig
+    from comptune.evaluation.robustness import AttackConfig
+    from comptune.model.pretrain import PretrainConfig
+
+    kinds = {"pretrain": PretrainConfig, "decompose": DecomposeConfig, "robustness": AttackConfig}
     for path in sorted((configs_dir()).glob("*.yaml")):
-        if path.name not in ("demo.yaml", "full.yaml") and not path.name.startswith(("pretrain", "decompose")):
+        kind = kinds.get(path.stem.split("-")[0])
+        if kind is DecomposeConfig:  # a decompose config refines a preset
+            from comptune.decomposition.cli import _load_config
+
+            assert _load_config("small", path).steps > 0, path
+        elif kind is not None:
+            kind.from_file(path)
+        elif path.name not in ("demo.yaml", "full.yaml"):
             assert SweepConfig.from_file(path).n_runs() > 0, path
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .._device import add_device_argument
 from ..errors import UserError
 
 
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-len", type=int, default=128, help="tokens per block when tokenizing text")
     p.add_argument("--max-blocks", type=int, help="cap on training blocks")
     p.add_argument("--eval-blocks", type=int, default=32, help="cap on evaluation blocks")
+    add_device_argument(p)
     p.set_defaults(func=_decompose, kept_on_interrupt="the last checkpoint in {out} is kept (none before the first)",
                    resume_args=["--resume"])
 
@@ -117,14 +119,16 @@ def _load_config(preset: str, path: Path | None):
 
 
 def _decompose(args) -> int:
+    from .._device import resolve_device
     from ..model.loading import load_model_and_tokenizer
     from .train import decompose
 
+    device = resolve_device(args.device)  # before anything is read or loaded
     config = _load_config(args.preset, args.config)
     model, tokenizer = load_model_and_tokenizer(args.model)
     blocks = load_blocks(args.data, tokenizer, args.block_len, args.max_blocks)
     eval_blocks = load_blocks(args.eval_data, tokenizer, args.block_len, args.eval_blocks) if args.eval_data else None
-    d = decompose(model, blocks, config, args.out, resume=args.resume, eval_blocks=eval_blocks, init_from=args.init_from)
+    d = decompose(model, blocks, config, args.out, resume=args.resume, eval_blocks=eval_blocks, init_from=args.init_from, device=device)
     if d.provenance.get("completed"):
         print(f"decomposition written to {args.out}")
         return 0

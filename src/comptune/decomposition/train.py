@@ -189,17 +189,21 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def _dist_setup() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group that torchrun describes, if any."""
+def _dist_setup(device: torch.device | str | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group that torchrun describes, if any.
+    `device` None: CUDA when present (the LOCAL_RANK GPU), else the CPU."""
+    device = torch.device(device) if device is not None else None
+    use_cuda = torch.cuda.is_available() if device is None else device.type == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     else:
         rank, world_size = 0, 1
-    if torch.cuda.is_available():
+    if device is not None and (device.type != "cuda" or world_size == 1):
+        return rank, world_size, device
+    if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
         return rank, world_size, torch.device("cuda", local_rank)
@@ -247,6 +251,7 @@ def decompose(
     eval_blocks: torch.Tensor | None = None,
     stop_at_step: int | None = None,
     init_from: str | Path | None = None,
+    device: torch.device | str | None = None,
 ) -> Decomposition:
     """Decompose `target` on `train_blocks` ([N, T] token ids, or [N, ...] inputs for `mse` toys).
 
@@ -258,7 +263,8 @@ def decompose(
     this target with the same modules, C and CI function) starts a new run from its components and
     CI function instead of the faithfulness warm-up — to carry a long run across sessions through a
     committed decomposition; optimiser moments and the adversary's sources start afresh (the sources
-    are per-position, batch-shaped and too large to ship). Returns the decomposition, with
+    are per-position, batch-shaped and too large to ship). `device` defaults to CUDA when present
+    (under torchrun, each process's LOCAL_RANK GPU). Returns the decomposition, with
     `provenance["completed"]` telling whether all `config.steps` were done.
     """
     out_dir = Path(out_dir)
@@ -269,7 +275,7 @@ def decompose(
         raise UserError(f"training blocks hold token id {int(train_blocks.max())} but the model has {embeddings.num_embeddings} embeddings: "
                          "the data was tokenized with another tokenizer")
     config = config_for_model(config, target)
-    rank, world_size, device = _dist_setup()
+    rank, world_size, device = _dist_setup(device)
     if config.batch_size % world_size:
         raise UserError(f"batch_size={config.batch_size} must be divisible by the number of processes ({world_size})")
     ckpt_path = out_dir / CHECKPOINT_NAME

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._device import add_device_argument
 from ..errors import UserError
 
 
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-blocks", type=int, default=256,
                    help="blocks per dataset, spread evenly over it (default 256); 0 = all")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", help="torch device (default: cpu)")
+    add_device_argument(p)
     p.add_argument("--text-column", default="text", help="text column of row data; dotted for nested dicts (translation.de)")
     p.add_argument("--lang-column", default="lang", help="language column used to filter rows by language")
     p.add_argument("--lang", help="language for sources given without @LANG")
@@ -72,15 +73,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--reference", help="held-out set it should keep (default general_en)")
     a.add_argument("--seed", type=int)
     a.add_argument("--out", type=Path, required=True, help="output folder (not inside the edit's folder)")
+    add_device_argument(a)
     a.set_defaults(func=_attack)
 
 
 def _eval(args) -> int:
+    from .._device import resolve_device
     from .run import EvalConfig, run_eval
 
     cfg = EvalConfig(
         model=args.model, data=args.data, block_len=args.block_len, max_blocks=args.max_blocks or None,
-        batch_size=args.batch_size, device=args.device, text_column=args.text_column, lang_column=args.lang_column,
+        batch_size=args.batch_size, device=str(resolve_device(args.device)), text_column=args.text_column, lang_column=args.lang_column,
         lang=args.lang, split=args.split, subset=args.subset,
     )
     result = run_eval(cfg, progress=True)
@@ -114,12 +117,15 @@ _ATTACK_OVERRIDES = ("tokens", "attackers", "lrs", "max_steps", "eval_every", "a
 
 
 def _attack(args) -> int:
+    from .._device import resolve_device
     from .robustness import AttackConfig, attack_single_edit, summary_table
 
+    device = resolve_device(args.device)  # before anything is read or loaded
     fields = AttackConfig.from_file(args.config).model_dump() if args.config else {}
     fields.update({k: getattr(args, k) for k in _ATTACK_OVERRIDES if getattr(args, k) is not None})
     config = AttackConfig.model_validate(fields)
     result, path = attack_single_edit(args.edit, config, args.out, model_dir=args.model, decomposition_dir=args.decomposition,
+                                      device=device,
                                       progress=lambda msg: print(f"attack: {msg}", flush=True))
     print(summary_table(result, config))
     print(f"wrote {path} and {path.with_suffix('.png')}")

@@ -208,7 +208,8 @@ def relearn_curve(model: nn.Module, block: torch.Tensor, eval_sets: dict[str, to
     from .ce import evaluate_ce
 
     net, params = _fresh_attacker(model, attacker, config)
-    ids, labels = forget_sequences(block, config.seq_len)
+    device = next(net.parameters()).device
+    ids, labels = (t.to(device) for t in forget_sequences(block, config.seq_len))
     opt = torch.optim.Adam(params, lr=lr)
     steps, ce, losses = [], {name: [] for name in eval_sets}, []
 
@@ -268,7 +269,8 @@ def quantised(model: nn.Module, scheme: str, config: AttackConfig) -> nn.Module:
 
     with warnings.catch_warnings():  # torch deprecates these kernels in favour of torchao; they are its own int8 CPU path today
         warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(model).float(), set(_quantisable(model)), dtype=torch.qint8)
+        # torch's int8 dynamic kernels are CPU kernels: the quantised copy runs there
+        return quantize_dynamic(copy.deepcopy(model).float().cpu(), set(_quantisable(model)), dtype=torch.qint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +425,8 @@ def plot_attack(result: dict, config: AttackConfig, stem: Path) -> list[Path]:
 
 
 def attack_single_edit(edit_dir: str | Path, config: AttackConfig, out_dir: str | Path, *, model_dir: str | Path | None = None,
-                       decomposition_dir: str | Path | None = None, progress: Callable[[str], None] | None = None) -> tuple[dict, Path]:
+                       decomposition_dir: str | Path | None = None, progress: Callable[[str], None] | None = None,
+                       device=None) -> tuple[dict, Path]:
     """`comptune attack`: the battery on one saved edit, written to OUT (never into the edit's folder).
     For an edit saved by `comptune tune` (OUT/edit beside OUT/tune_result.json) the attacker text
     is also checked against the forget tokens the edit was trained on."""
@@ -440,7 +443,7 @@ def attack_single_edit(edit_dir: str | Path, config: AttackConfig, out_dir: str 
         raise UserError(f"--out {out_dir} lies inside the edit's folder {edit_dir}: an attack never writes there; choose another --out")
     gated = is_ci_gated(edit_dir)  # also: a clear error if edit_dir holds no edit, before any loading
     model_dir = Path(model_dir) if model_dir is not None else bundled_model_dir()
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir, device=device)
     model.eval()
     context = context_length(model)
     for field in ("block_len", "seq_len"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._device import add_device_argument
 from ..errors import UserError
 
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-len", type=int, default=128)
     p.add_argument("--threshold", type=float, default=0.1, help="CI above which a subcomponent counts as firing")
     p.add_argument("--out", type=Path, help="write the full report as JSON here")
+    add_device_argument(p)
     s = p.add_argument_group("dose scan (--scan): choose what to edit by its measured effect")
     s.add_argument("--scan", action="store_true", help="hand-set each candidate's scale on both sides of 1, bisect to the damage bound on "
                    "--reference, report its best gain on --target (candidates: the top of every ranking, or --keys)")
@@ -37,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _inspect(args) -> int:
+    from .._device import resolve_device
+
     if args.scan:
         return _scan(args)
     from .report import inspection_report, render_text
@@ -44,7 +48,7 @@ def _inspect(args) -> int:
     report = inspection_report(
         decomposition_dir=args.decomposition, model_dir=args.model, datasets=args.datasets, target=args.target,
         reference=args.reference, criterion=args.criterion, top=args.top, keys=args.keys, n_blocks=args.blocks,
-        block_len=args.block_len, threshold=args.threshold,
+        block_len=args.block_len, threshold=args.threshold, device=resolve_device(args.device),
     )
     print(render_text(report))
     if args.out:
@@ -56,6 +60,7 @@ def _inspect(args) -> int:
 
 
 def _scan(args) -> int:
+    from .._device import resolve_device
     from .._io import write_json_atomic
     from ..corpus.bundle import bundled_decomposition_dir, bundled_model_dir
     from ..decomposition import Decomposition
@@ -64,7 +69,7 @@ def _scan(args) -> int:
 
     if args.bound <= 0:
         raise UserError(f"--bound must be > 0 nats, got {args.bound}")
-    model, tokenizer = load_model_and_tokenizer(args.model or bundled_model_dir())
+    model, tokenizer = load_model_and_tokenizer(args.model or bundled_model_dir(), device=resolve_device(args.device))
     decomposition = None
     if args.basis == "components":
         decomposition = Decomposition.load(args.decomposition or bundled_decomposition_dir(), model)

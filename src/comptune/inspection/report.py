@@ -14,7 +14,7 @@ from .stats import component_stats, rank_by_difference, rank_by_specificity
 def inspection_report(
     *, decomposition_dir: Path | None, model_dir: Path | None, datasets: list[str], target: str, reference: str,
     criterion: str = "difference", top: int = 16, keys: list[str] | None = None, n_blocks: int = 64,
-    block_len: int = 128, threshold: float = 0.1, seed_note: str = "deterministic (no sampling)",
+    block_len: int = 128, threshold: float = 0.1, seed_note: str = "deterministic (no sampling)", device=None,
 ) -> dict:
     from ..corpus.bundle import bundled_decomposition_dir, bundled_model_dir
     from ..corpus.datasets import dataset_blocks
@@ -23,7 +23,7 @@ def inspection_report(
 
     if target not in datasets:
         raise UserError(f"target {target!r} must be one of --datasets {datasets}")
-    model, tokenizer = load_model_and_tokenizer(model_dir or bundled_model_dir())
+    model, tokenizer = load_model_and_tokenizer(model_dir or bundled_model_dir(), device=device)
     decomposition = Decomposition.load(decomposition_dir or bundled_decomposition_dir(), model)
     datasets = [target, *(d for d in datasets if d != target)]  # the target's examples come first
     blocks = {d: dataset_blocks(d, tokenizer, block_len, max_blocks=n_blocks) for d in datasets}

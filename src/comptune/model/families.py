@@ -87,14 +87,16 @@ def translate_globs(init: dict[str, str], family: str) -> dict[str, str]:
 
 
 def patterns_for_model(model, patterns: dict[str, int]) -> tuple[dict[str, int], str | None]:
-    """(patterns, family they were translated to or None). Patterns that already match the model
-    are kept; the bundled model's names are translated for a known family; otherwise an error that
-    says which families are known and how to name the modules instead."""
+    """(patterns, family they were translated to or None). Patterns that already match the model,
+    or that are the user's own, are kept (a pattern that matches nothing then gets its own error);
+    the bundled model's names are translated for a known family; for an unknown family, an error
+    that says which families are known and how to name the modules instead."""
     names = [n for n, _ in model.named_modules() if n]
-    if any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names):
-        return patterns, None
     family = model_family(model)
-    if family is None or family == REFERENCE:
+    matches = any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+    if matches or family == REFERENCE or not all(_role_of(p) for p in patterns):
+        return patterns, None
+    if family is None:
         model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         raise UserError(f"no pattern of the config matches a module of this {model_type} model, and comptune has no module-name "
                         f"preset for it (known: {', '.join(sorted(FAMILIES))}); give `patterns:` in --config, e.g. "

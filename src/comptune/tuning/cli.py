@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
+from .._device import add_device_argument
 from ..errors import UserError
 from .config import Method
 
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (must not hold a finished run)")
     p.add_argument("--export-lora", action="store_true", help="also write a scalar edit as an exact PEFT LoRA to OUT/edit_lora")
     p.add_argument("--no-progress", action="store_true")
+    add_device_argument(p)
     p.set_defaults(func=_tune)
 
     a = sub.add_parser("adapter", help="merge a saved component-scale edit into a plain model, or export it as an exact PEFT LoRA")
@@ -84,6 +86,7 @@ _OVERRIDES = ("method", "budget", "seed", "lr", "lambda_retain", "l1", "lora_ran
 
 
 def _tune(args) -> int:
+    from .._device import resolve_device
     from .._io import versions, write_json_atomic
     from ..corpus.bundle import bundled_decomposition_dir, bundled_model_dir
     from ..corpus.datasets import dataset_texts
@@ -92,6 +95,7 @@ def _tune(args) -> int:
     from .config import TuneConfig
     from .train import tune
 
+    device = resolve_device(args.device)  # before anything is read or loaded
     result_path = args.out / "tune_result.json"
     if result_path.exists():
         raise UserError(f"{args.out} already holds a finished run ({result_path}); choose another --out")
@@ -105,7 +109,7 @@ def _tune(args) -> int:
                          + (" with --ci-threshold" if config.ci_threshold is not None else ""))
 
     model_dir = args.model or bundled_model_dir()
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir, device=device)
     decomposition, decomposition_dir = None, None
     if config.method == "component_scale":
         from ..decomposition import Decomposition
