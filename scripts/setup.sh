@@ -9,4 +9,4 @@ PY=${PYTHON:-python3}
 # the CPU wheel of torch 2.13.0 (an unpinned torch would pull a multi-GB CUDA build);
 # the project itself only asks for a range
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,ray]"  # ray: the optional --ray sweep backend, tested too

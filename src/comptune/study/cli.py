@@ -12,6 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path,
         help="results directory (default: results/<config name>); re-running resumes it, and a config with more seeds or budgets grows it")
     p.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process with one torch thread (e.g. the number of cores); default 1")
+    p.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
+                   help="run each run as a Ray task: on a local Ray cluster, or the one at ADDRESS (host:port); "
+                   "CPUs/GPUs per run from the config's `resources`; needs pip install 'comptune[ray]'")
     p.set_defaults(func=_sweep, kept_on_interrupt="every finished run is kept in its --out folder's runs.jsonl")
 
 
@@ -21,6 +24,6 @@ def _sweep(args) -> int:
 
     config = SweepConfig.from_file(args.config)
     out = args.out or Path("results") / config.name
-    path = run_sweep(config, out, workers=args.workers)
+    path = run_sweep(config, out, workers=args.workers, ray=args.ray)
     print(f"results: {path}\nnext: comptune report {out}")
     return 0

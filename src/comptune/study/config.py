@@ -164,6 +164,14 @@ class RolloutSettings(StrictConfig):
     max_new_tokens: int = Field(default=32, ge=1)
 
 
+class Resources(StrictConfig):
+    """What each run needs where runs are scheduled (`comptune sweep --ray`); results do not depend on it."""
+
+    cpus_per_run: float = Field(default=1.0, gt=0)  # also the run's torch threads
+    gpus_per_run: float = Field(default=0.0, ge=0)
+    max_retries: int = Field(default=2, ge=0)  # a run that fails (its worker died, an error) is retried this often
+
+
 class SweepConfig(StrictConfig):
     name: str = "sweep"
     model: str = BUNDLED  # HF model dir holding the tokenizer too, or "bundled"
@@ -183,6 +191,7 @@ class SweepConfig(StrictConfig):
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    resources: Resources = Field(default_factory=Resources)
 
     @field_validator("budgets", "seeds")
     @classmethod

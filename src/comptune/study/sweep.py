@@ -39,6 +39,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import shutil
 import signal
 import time
@@ -177,16 +178,22 @@ def run_sweep(
     *,
     inputs: StudyInputs | None = None,
     workers: int = 1,
+    ray: str | bool = False,
     on_run_done: Callable[[dict], None] | None = None,
     log: Log = print,
 ) -> Path:
     """Run (or resume) the sweep into `out_dir`; returns the path of results.jsonl.
 
-    `workers`: runs at a time (see the module doc). `on_run_done(row)` is called after each new
-    row is written (progress hooks, tests)."""
+    `workers`: runs at a time (see the module doc). `ray`: run each run as a Ray task instead, on
+    a local Ray cluster (True) or the one at this address (`study.ray_backend`). `on_run_done(row)`
+    is called after each new row is written (progress hooks, tests)."""
+    if ray:
+        from .ray_backend import connect
+
+        connect(None if ray is True else ray, num_cpus=workers if workers > 1 else None)  # before anything is written
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and inputs is not None:
+    if workers > 1 and inputs is not None and not ray:
         raise UserError("with workers > 1 every worker loads its inputs from the config; pass `inputs` only with workers=1")
     out_dir = Path(out_dir)
     grows = _check_out_dir(config, out_dir)
@@ -220,7 +227,7 @@ def run_sweep(
             groups[r.group].append(r.run_id)
         specs = {r.run_id: r for r in todo}
         t0 = time.perf_counter()
-        for i, row in enumerate(_execute(config, todo, inputs, base, out_dir, workers)):
+        for i, row in enumerate(_execute(config, todo, inputs, base, out_dir, workers, ray, log)):
             spec = specs[row["run_id"]]
             append_jsonl(runs_path, row)
             done.add(spec.run_id)
@@ -256,8 +263,18 @@ def expected_minutes(todo: list[RunSpec], inputs: StudyInputs, workers: int, pro
     return total_s / min(workers, len(todo)) / 60
 
 
-def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base: dict, out_dir: Path, workers: int) -> Iterator[dict]:
-    """Rows of the runs in `todo` as they finish: here, or in a pool of `workers` processes."""
+def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base: dict, out_dir: Path, workers: int,
+             ray: str | bool = False, log: Log = print) -> Iterator[dict]:
+    """Rows of the runs in `todo` as they finish: here, in a pool of `workers` processes, or as Ray
+    tasks whose edits come back as files that only this process writes."""
+    if ray:
+        from .ray_backend import ray_rows
+
+        for row, files in ray_rows(config, todo, base, log=log):
+            if files:
+                _write_files_atomic(out_dir / row["edit"], files)
+            yield row
+        return
     if workers == 1 or len(todo) <= 1:
         for spec in todo:
             yield _run_one(config, spec, inputs, base, out_dir, progress=True)  # one run at a time: its own bar
@@ -268,6 +285,18 @@ def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base
         yield from pool.imap_unordered(_run_in_worker, todo)
         pool.close()  # let the workers exit on their own (leaving `with` alone terminates them)
         pool.join()
+
+
+def _write_files_atomic(directory: Path, files: dict[str, bytes]) -> None:
+    """A folder of files, complete or absent: written beside, then renamed into place."""
+    tmp = directory.parent / f".{directory.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+        (tmp / name).chmod(0o644)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
 
 
 _worker_state: tuple | None = None  # (config, inputs, base, out_dir) in a pool process
@@ -431,6 +460,7 @@ def _subsample(values: list[float], n: int) -> list[list[float]]:
 
 # --------------------------------------------------------------------------- bookkeeping
 GROWABLE = ("seeds", "budgets")  # config fields a sweep may extend in place (see "Growing")
+EXECUTION_ONLY = ("resources",)  # config fields that change where runs go, not what they compute
 
 
 def _check_out_dir(config: SweepConfig, out_dir: Path) -> bool:
@@ -438,8 +468,8 @@ def _check_out_dir(config: SweepConfig, out_dir: Path) -> bool:
     saved = out_dir / "sweep_config.yaml"
     if not saved.exists():
         return False
-    previous = yaml.safe_load(saved.read_text())
-    current = config.model_dump(mode="json")
+    previous = {k: v for k, v in yaml.safe_load(saved.read_text()).items() if k not in EXECUTION_ONLY}
+    current = {k: v for k, v in config.model_dump(mode="json").items() if k not in EXECUTION_ONLY}
     if previous == current:
         return False
     diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
