@@ -13,9 +13,11 @@ Cases:
 
 Each case runs in its own process so its peak resident memory (ru_maxrss) is its own.
 
-    .venv/bin/python benchmarks/bench_decompose.py [--cases bundled paper] [--threads 1]
+    .venv/bin/python benchmarks/bench_decompose.py [--cases bundled paper] [--threads 1] [--device cuda]
 
-Writes benchmarks/results/decompose_step_time.json (config, seed, versions, per-case figures).
+Writes benchmarks/results/decompose_step_time.json (config, seed, versions, per-case figures); with
+--device cuda, decompose_step_time_cuda.json (bf16 autocast, as `decompose` runs there; peak
+memory is then the GPU's).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ CASES = {
 }
 
 
-def run_case(name: str, threads: int, seed: int, steps: int | None) -> dict:
+def run_case(name: str, threads: int, seed: int, steps: int | None, device: str = "cpu") -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from comptune.decomposition.decomposed import Decomposition
@@ -61,26 +63,32 @@ def run_case(name: str, threads: int, seed: int, steps: int | None) -> dict:
     from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 
     torch.set_num_threads(threads)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     case = CASES[name]
     steps = steps or case["steps"]
     config = DecomposeConfig.preset(case["preset"], batch_size=case["batch"], steps=1000, seed=seed, **case["overrides"])
     torch.manual_seed(seed)
-    model = ComptuneLMForCausalLM(ComptuneLMConfig(**case["model"])).eval()
-    decomposition = Decomposition.create(model, config.patterns, config.ci)
-    trainer = VPDTrainer(decomposition, config, torch.device("cpu"))
-    batch = torch.randint(0, case["model"]["vocab_size"], (case["batch"], case["seq"]), generator=torch.Generator().manual_seed(seed))
+    model = ComptuneLMForCausalLM(ComptuneLMConfig(**case["model"])).eval().to(device)
+    decomposition = Decomposition.create(model, config.patterns, config.ci).to(device)
+    trainer = VPDTrainer(decomposition, config, device)
+    batch = torch.randint(0, case["model"]["vocab_size"], (case["batch"], case["seq"]), generator=torch.Generator().manual_seed(seed)).to(device)
     n_components = sum(p.numel() for p in decomposition.component_parameters())
     n_ci = sum(p.numel() for p in decomposition.ci_fn.parameters())
 
     trainer.train_step(batch, 0)  # warm-up: allocations, the adversary's sources
     times = []
     for step in range(1, steps + 1):
+        if cuda:
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         trainer.train_step(batch, step)
+        if cuda:
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
 
-    # what one step spends its time on: the step's phases, then the heaviest operators
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    # what one step spends its time on: the step's phases, then the heaviest operators (host time)
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])], record_shapes=True) as prof:
         trainer.train_step(batch, steps + 1)
     events = prof.key_averages()
     total_us = sum(e.self_cpu_time_total for e in events)
@@ -103,7 +111,10 @@ def run_case(name: str, threads: int, seed: int, steps: int | None) -> dict:
         "step_s_all": times,
         "steps_per_s": 1 / median,
         "tokens_per_s": case["batch"] * case["seq"] / median,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         "profile_ms": {"step_total": total_us / 1e3, **phases},
         "top_ops_self_ms": {e.key: e.self_cpu_time_total / 1e3 for e in top_ops},
         "top_ops_by_input_shape_self_ms": [{"op": e.key, "shapes": str(e.input_shapes), "calls": e.count, "ms": e.self_cpu_time_total / 1e3} for e in by_shape],
@@ -116,18 +127,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, help="timed steps per case (default: per case)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None, help="default: results/decompose_step_time[_cuda].json")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast there, as decompose does)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process, print JSON
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_case(args.one, args.threads, args.seed, args.steps)))
+        print(json.dumps(run_case(args.one, args.threads, args.seed, args.steps, args.device)))
         return
 
     from comptune._io import versions, write_json_atomic
 
+    args.out = args.out or (RESULTS if args.device == "cpu" else RESULTS.with_name(f"decompose_step_time_{torch.device(args.device).type}.json"))
+
     results = {}
     for name in args.cases:
-        cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads), "--seed", str(args.seed)]
+        cmd = [sys.executable, __file__, "--one", name, "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device]
         if args.steps:
             cmd += ["--steps", str(args.steps)]
         proc = subprocess.run(cmd, capture_output=True, text=True)

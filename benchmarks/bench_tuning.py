@@ -12,10 +12,11 @@ Methods, all through `comptune.tuning.tune`:
 Beside them, `plain_fwd_bwd`: one forward + CE + backward of the plain model, all weights
 trainable, on the same 8 × 64 tokens the step sees (forget and retain together).
 
-    .venv/bin/python benchmarks/bench_tuning.py [--threads 1] [--steps 40] [--rounds 3]
+    .venv/bin/python benchmarks/bench_tuning.py [--threads 1] [--steps 40] [--rounds 3] [--device cuda]
 
 Methods are timed in interleaved rounds so background load spreads over all of them. Writes
-benchmarks/results/tuning_step_time.json (config, seed, versions, per-method ms per step, ratios).
+benchmarks/results/tuning_step_time.json (config, seed, versions, per-method ms per step, ratios);
+with --device cuda, tuning_step_time_cuda.json (bf16 autocast, as `tune` runs there).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ METHODS = {
 }
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def ms_per_step(name: str, base, decomposition, forget, retain, steps: int, seed: int) -> float:
     method, selection, extra, cache = METHODS[name]
     config = TuneConfig(method=method, selection=selection, budget=256, lr=0.01, seq_len=64, forget_batch_size=4,
@@ -62,11 +68,16 @@ def plain_ms(base, forget, retain, steps: int) -> float:
     model = copy.deepcopy(base)
     for p in model.parameters():
         p.requires_grad_(True)
-    ids = torch.cat([forget[: 4 * 64].view(4, 64), retain[: 4 * 64].view(4, 64)])
+    device = next(model.parameters()).device
+    ids = torch.cat([forget[: 4 * 64].view(4, 64), retain[: 4 * 64].view(4, 64)]).to(device)
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         model.zero_grad(set_to_none=True)
-        next_token_ce(model(input_ids=ids).logits, ids).backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(input_ids=ids).logits
+        next_token_ce(logits, ids).backward()
+    _sync(device)
     return 1e3 * (time.perf_counter() - t0) / steps
 
 
@@ -76,11 +87,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="steps per timed run (the first step's setup is included)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None, help="default: results/tuning_step_time[_cuda].json")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast there, as tune does)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.out = args.out or (RESULTS if device.type == "cpu" else RESULTS.with_name(f"tuning_step_time_{device.type}.json"))
 
-    base, tokenizer = load_model_and_tokenizer(bundled_model_dir())
+    base, tokenizer = load_model_and_tokenizer(bundled_model_dir(), device=device)
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)
@@ -106,7 +120,9 @@ def main() -> None:
           f"{rows['scalar_h3_uncached']['median_ms_per_step'] / rows['scalar_h3']['median_ms_per_step']:.2f}×")
     write_json_atomic(args.out, {
         "benchmark": "tuning step (unedited retain pass + edited forget and retain passes + backward + Adam), per method",
-        "config": vars(args) | {"out": str(args.out), "model": "bundled comptune-tiny (4 layers, d 128, vocab 8192)",
+        "config": vars(args) | {"out": str(args.out),
+                                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                                "model": "bundled comptune-tiny (4 layers, d 128, vocab 8192)",
                                 "seq_len": 64, "forget_batch_size": 4, "retain_batch_size": 4, "budget": 256},
         "seed": args.seed,
         "results": rows,

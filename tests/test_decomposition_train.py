@@ -258,3 +258,24 @@ def test_initialisation_faithfulness_and_the_total_loss():
     row = VPDTrainer(dec, cfg, torch.device("cpu")).train_step(BLOCKS[:4], 0)
     total = 3.0 * row["faithfulness"] + 0.7 * row["stochastic"] + 0.3 * row["adversarial"] + 0.01 * row["minimality"]
     assert row["loss"] == pytest.approx(total, rel=1e-5)
+
+
+def test_bf16_autocast_step_stays_close_to_fp32_and_keeps_delta_exact():
+    """Autocast ("bf16"; "auto" turns it on for CUDA only) runs the forwards in bf16 while Δ and
+    faithfulness stay fp32: the same step's losses agree with fp32's to bf16 precision."""
+    from comptune.decomposition.train import VPDTrainer
+
+    rows = {}
+    for mode in ("off", "bf16"):
+        cfg = config(autocast=mode)
+        torch.manual_seed(0)
+        dec = Decomposition.create(tiny_lm(), cfg.patterns, cfg.ci)
+        trainer = VPDTrainer(dec, cfg, torch.device("cpu"))
+        assert trainer.autocast().fast_dtype == torch.bfloat16 and trainer.autocast()._enabled == (mode == "bf16")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert dec.delta(dec.module_paths[0]).dtype == torch.float32
+        rows[mode] = trainer.train_step(BLOCKS[:4], 0)
+    assert rows["bf16"]["faithfulness"] == pytest.approx(rows["off"]["faithfulness"], rel=1e-5)
+    for term in ("stochastic", "adversarial", "minimality"):
+        assert rows["bf16"][term] == pytest.approx(rows["off"][term], rel=0.05), term
+    assert VPDTrainer(Decomposition.create(tiny_lm(), config().patterns, config().ci), config(), torch.device("cpu")).autocast()._enabled is False

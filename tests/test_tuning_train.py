@@ -317,3 +317,20 @@ def test_bad_input_errors(make_model):
         tune(scale_config(), make_model(), forget, torch.zeros(0, dtype=torch.long), components())
     with pytest.raises(ValueError, match="forget text has only 600 tokens"):
         tune(scale_config(budget=2048), make_model(), forget, retain, components())
+
+
+def test_bf16_autocast_tunes_like_fp32_to_bf16_precision(make_model):
+    """`autocast=True` (what CUDA gets by default) runs the forwards in bf16; the learned scalars and
+    losses stay fp32 and follow the fp32 run closely; off by default on the CPU."""
+    forget, retain = streams()
+    cfg = scale_config(max_steps=6, patience=1000)
+    results = {}
+    for mode in (None, True):
+        tunable, result = tune(cfg, make_model(), forget, retain, components(), autocast=mode)
+        assert all(p.dtype == torch.float32 for p in tunable.parameters)
+        results[mode] = result
+    plain, bf16 = results[None], results[True]
+    assert plain.loss_history != bf16.loss_history  # bf16 did run (CPU default is fp32)
+    assert torch.allclose(torch.tensor(bf16.loss_history), torch.tensor(plain.loss_history), rtol=0.03, atol=0.02)
+    for k in plain.final_scalars:
+        assert bf16.final_scalars[k] == pytest.approx(plain.final_scalars[k], abs=0.05)

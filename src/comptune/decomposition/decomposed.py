@@ -103,9 +103,12 @@ class Decomposition(nn.Module):
         return linear_layout_weight(self.target_module(path))
 
     def delta(self, path: str) -> torch.Tensor:
-        """Δ = W − (V U)ᵀ in fp32 [d_out, d_in]; differentiable in U and V."""
+        """Δ = W − (V U)ᵀ in fp32 [d_out, d_in]; differentiable in U and V. Never under autocast: Δ is the
+        small difference of two large matrices, which bf16 would lose."""
         comps = self.get_components(path)
-        return self.target_weight(path).float() - comps.weight().float()
+        W = self.target_weight(path)
+        with torch.autocast(W.device.type, enabled=False):
+            return W.float() - comps.weight().float()
 
     def component_parameters(self) -> list[nn.Parameter]:
         return [p for path in self.module_paths for p in (self.get_components(path).V, self.get_components(path).U)]

@@ -128,7 +128,7 @@ def minimality_loss(ci_upper: Masks, p: float, beta: float, eps: float = 1e-12, 
     """
     total = 0.0
     for g in ci_upper.values():
-        s = (g + eps).pow(p).flatten(0, -2).sum(0)  # [C]
+        s = (g.float() + eps).pow(p).flatten(0, -2).sum(0)  # [C], fp32 whatever the CI's dtype (1e-12 vanishes in bf16)
         mean = s / math.prod(g.shape[:-1])
         total = total + (mean + beta * mean * torch.log2(1 + s * world_size)).sum()
     return total

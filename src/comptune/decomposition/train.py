@@ -119,6 +119,9 @@ class DecomposeConfig(StrictConfig):
     checkpoint_every: int = Field(default=1000, gt=0)
     log_every: int = Field(default=10, gt=0)
     max_minutes: float | None = Field(default=None, gt=0)  # stop (checkpointed, resumable) after this wall time
+    # bf16 autocast of the forwards (target, CI function, masked passes); Δ, faithfulness, the KL and
+    # the optimiser stay fp32. "auto": on for CUDA, off elsewhere
+    autocast: Literal["auto", "bf16", "off"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "DecomposeConfig":
@@ -239,7 +242,9 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 def _changed_fields(saved: dict, now: dict) -> list[str]:
-    return sorted(k for k in set(saved) | set(now) if k not in BOOKKEEPING_FIELDS and saved.get(k) != now.get(k))
+    # a field added after the checkpoint was written counts as its default there
+    defaults = {name: f.default for name, f in DecomposeConfig.model_fields.items() if not f.is_required() and f.default_factory is None}
+    return sorted(k for k in set(saved) | set(now) if k not in BOOKKEEPING_FIELDS and saved.get(k, defaults.get(k)) != now.get(k))
 
 
 def decompose(
@@ -453,6 +458,8 @@ class VPDTrainer:
 
     def __init__(self, decomposition: Decomposition, config: DecomposeConfig, device: torch.device, rank: int = 0, world_size: int = 1):
         self.decomposition, self.config, self.device, self.rank, self.world_size = decomposition, config, device, rank, world_size
+        use_bf16 = config.autocast == "bf16" or (config.autocast == "auto" and device.type == "cuda")
+        self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=use_bf16)
         self.model = decomposition  # what the CI forward runs through: DDP averages gradients across ranks
         if world_size > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(decomposition, device_ids=[device.index] if device.type == "cuda" else None)
@@ -477,12 +484,12 @@ class VPDTrainer:
         ppgd_lr = cosine_lr(step, config.steps, config.ppgd_lr, config.ppgd_lr_final_frac, config.ppgd_warmup_frac)
         p = anneal_p(step, config.steps, config.p_start, config.p_end)
 
-        with record_function("vpd/target+ci"):
+        with record_function("vpd/target+ci"), self.autocast():
             ci = self.model(batch)
         target_out = TargetDistribution.of(ci.target_logits) if config.reconstruction == "kl" else ci.target_logits.detach()
         terms = {"faithfulness": faithfulness_loss(d)}
         terms["minimality"] = minimality_loss(ci.upper, p, config.minimality_beta, config.minimality_eps, self.world_size)
-        with record_function("vpd/stochastic"):
+        with record_function("vpd/stochastic"), self.autocast():
             masks, delta_masks = sample_stochastic_masks(ci.lower, self.mask_rng)
             routing = None
             if config.routing == "uniform_k_subset":
@@ -491,9 +498,9 @@ class VPDTrainer:
         if self.ppgd is None and config.coeff_adversarial > 0:
             self.ppgd = self._make_ppgd(ci.lower)
         if self.ppgd is not None:
-            with record_function("vpd/adversary-ascent"):
+            with record_function("vpd/adversary-ascent"), self.autocast():
                 self.ppgd.ascend(d, batch, target_out, ci.lower, ppgd_lr, config.ppgd_inner_steps, self.recon)
-            with record_function("vpd/adversarial"):
+            with record_function("vpd/adversarial"), self.autocast():
                 terms["adversarial"] = self.ppgd.loss(d, batch, target_out, ci.lower, self.recon)
         total = (
             config.coeff_faithfulness * terms["faithfulness"]

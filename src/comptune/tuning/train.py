@@ -170,6 +170,7 @@ def tune(
     decomposition_dir=None,
     progress: bool = False,
     cache_prefix: bool = True,
+    autocast: bool | None = None,
 ) -> tuple[TunableModel, TuneResult]:
     """Build `config.method` on `model` (in place) and train it; returns the trained method and the result.
 
@@ -177,6 +178,8 @@ def tune(
     or the retain KL or a scalar past its bound), it stops, the parameters of the last good step are
     restored and NonFiniteLossError is raised.
     `cache_prefix=False` runs every pass through the whole model (the same losses, slower).
+    `autocast` runs the forwards in bf16 (None: on CUDA only); the losses, the KL and the learned
+    parameters stay fp32. It is not part of the config: a run's id and result do not depend on where it ran.
     """
     n_ctx = context_length(model)
     if n_ctx is not None and config.seq_len > n_ctx:
@@ -196,8 +199,9 @@ def tune(
     opt = torch.optim.Adam(tunable.parameters, lr=config.lr)
     net = tunable.model
     net.eval()  # no dropout anywhere: the edit is the only thing that changes
+    bf16 = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" if autocast is None else autocast)
     frozen = _FrozenPrefix(model, tunable, cache_prefix)
-    with frozen.unedited(forget_ids) as forget_saved:
+    with frozen.unedited(forget_ids) as forget_saved, bf16:
         if frozen.first:
             net(input_ids=forget_ids)
 
@@ -220,15 +224,16 @@ def tune(
             pick = torch.randperm(len(forget_ids), generator=gen)[: config.forget_batch_size].to(device)
             f_ids, f_labels = forget_ids[pick], forget_labels[pick]
         r_ids = _retain_batch(retain_stream, config.retain_batch_size, config.seq_len, gen)
-        with frozen.unedited(r_ids) as retain_saved:
+        with frozen.unedited(r_ids) as retain_saved, bf16:
             orig = TargetDistribution.of(net(input_ids=r_ids).logits)  # of the unedited model's [B, L, V] logits
 
-        terms = tuning_loss(
-            frozen.logits(f_ids, forget_saved, pick), f_labels, frozen.logits(r_ids, retain_saved), orig,
-            lambda_retain=config.lambda_retain,
-            l1_coef=config.l1,
-            l1_penalty=tunable.l1_penalty() if tunable.l1_penalty is not None and config.l1 else None,
-        )
+        with bf16:
+            terms = tuning_loss(
+                frozen.logits(f_ids, forget_saved, pick), f_labels, frozen.logits(r_ids, retain_saved), orig,
+                lambda_retain=config.lambda_retain,
+                l1_coef=config.l1,
+                l1_penalty=tunable.l1_penalty() if tunable.l1_penalty is not None and config.l1 else None,
+            )
         loss = float(terms.total.detach())
         diverged = _divergence(loss, float(terms.retain_kl), tunable, config.method)
         if diverged:
