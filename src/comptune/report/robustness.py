@@ -114,8 +114,9 @@ def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, 
 
 
 def robustness_table(records: list[dict], config: AttackConfig) -> list[dict]:
-    """One row per attacked edit: what it removed, what int8/int4 and a half dose leave, and how fast
-    each attacker (at the largest and smallest N) brings half of it back."""
+    """One row per attacked edit: what it removed, what int8/int4 and a half dose leave, and for each
+    attacker, N and lr the step at which half of it is back and what is still removed at the end
+    (against the base model attacked the same way)."""
     rows = []
     for rec in records:
         r, res = rec["run"], rec["result"]
@@ -126,40 +127,41 @@ def robustness_table(records: list[dict], config: AttackConfig) -> list[dict]:
         if half:
             row["half_dose_removed"] = half[0]["ce"][config.target] - res["base_ce"][config.target]
         for a in res.get("relearning") or []:
-            row[f"{a['attacker']}_{a['tokens']}_half_step"] = a["half_step"]
-            row[f"{a['attacker']}_{a['tokens']}_final_gap"] = a["final_gap_vs_attacked_base"]
+            for run in a["all_lrs"]:
+                key = f"{a['attacker']}_{a['tokens']}_lr{run['lr']:g}"
+                row[f"{key}_half_step"] = run["half_step"]
+                row[f"{key}_final_gap"] = run["final_gap_vs_attacked_base"]
         rows.append(row)
     return rows
 
 
 def robustness_markdown(rows: list[dict], config: AttackConfig, figure: str | None) -> list[str]:
     n_lo, n_hi = min(config.tokens), max(config.tokens)
-    fmt_step = lambda v: "never" if v is None else str(v)  # noqa: E731
+    lr_lo, lr_hi = min(config.lrs), max(config.lrs)
     L = ["", "## Robustness of the chosen edits", ""]
     if figure:
         L += [f"![robustness]({figure})", ""]
     L += [f"Each method's chosen run (smallest seed) attacked with `comptune attack`'s battery: relearning on `{config.attack_data}` "
           f"(N ∈ {config.tokens} tokens never trained on, full fine-tuning and a rank-{config.lora_rank} LoRA attacker, Adam, "
-          f"lr ∈ {config.lrs} (the attacker keeps its fastest), {config.max_steps} steps, read every {config.eval_every}); "
-          f"quantisation of the merged model; half dose (t = 0.5). `removed`: `{config.target}` CE increase over the base model "
-          f"(nats); `½ step`: first step at which half of it is back (`never` within {config.max_steps}); `gap`: what is still "
-          "removed at the end against the base model attacked the same way.", "",
-          f"| method | budget | removed | int8 | int4 | t = 0.5 | full N={n_lo} ½ step |"
-              f" full N={n_hi} ½ step / gap | LoRA N={n_lo} ½ step | LoRA N={n_hi} ½ step / gap |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          f"{config.max_steps} steps, read every {config.eval_every}); quantisation of the merged model; half dose (t = 0.5). "
+          f"`removed`: `{config.target}` CE increase over the base model (nats), also after int8 / int4 and at half dose. "
+          f"Attack cells: the step at which half of it is back, at lr {lr_lo:g} / {lr_hi:g} (`never`: not within "
+          f"{config.max_steps}; the first read is step {config.eval_every}); `gap`: what the gentle (lr {lr_lo:g}) full attack at "
+          f"N = {n_hi} leaves removed, against the base model attacked the same way.", "",
+          f"| method | budget | removed | int8 | int4 | t = 0.5 | full N={n_lo} | full N={n_hi} | LoRA N={n_lo} | LoRA N={n_hi} | gap |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def step(r: dict, attacker: str, n: int, lr: float) -> str:
+        k = f"{attacker}_{n}_lr{lr:g}_half_step"
+        return "–" if k not in r else ("never" if r[k] is None else str(r[k]))
+
     for r in rows:
         def cell(key: str) -> str:
             return "–" if key not in r or r[key] is None or (isinstance(r[key], float) and math.isnan(r[key])) else f"{r[key]:+.2f}"
 
-        def att(a: str, n: int, gap: bool) -> str:
-            k = f"{a}_{n}_half_step"
-            if k not in r:
-                return "–"
-            return fmt_step(r[k]) + (f" / {r[f'{a}_{n}_final_gap']:+.2f}" if gap else "")
-
+        atts = [f"{step(r, a, n, lr_lo)} / {step(r, a, n, lr_hi)}" for a in ("full", "lora") for n in (n_lo, n_hi)]
         L.append(f"| {r['method']} | {r['budget']} | {r['removed']:+.2f} | {cell('int8_removed')} | {cell('int4_removed')} | "
-                 f"{cell('half_dose_removed')} | {att('full', n_lo, False)} | {att('full', n_hi, True)} | {att('lora', n_lo, False)} | "
-                 f"{att('lora', n_hi, True)} |")
+                 f"{cell('half_dose_removed')} | " + " | ".join(atts) + f" | {cell(f'full_{n_hi}_lr{lr_lo:g}_final_gap')} |")
     return L
 
 
@@ -188,7 +190,7 @@ def plot_robustness(records: list[dict], config: AttackConfig, stem: Path) -> li
                   color=colors[run["method"]], marker="o", ms=3, label=label)
     ax_r.axhline(0.5, color="k", lw=0.6, ls=":")
     ax_r.set(xlabel="attack step (full fine-tuning)", ylabel="fraction of the removed CE still removed",
-             title=f"relearning on {n_hi} {config.attack_data} tokens")
+             title=f"relearning on {n_hi} {config.attack_data} tokens (full, the fastest lr)")
     ax_d.set(xlabel="dose t (0 = base, 1 = the edit)", ylabel=f"{tgt} CE increase (nats)", title="dose")
     ax_d.axvline(1.0, color="k", lw=0.6, ls=":")
     ax_d.legend(fontsize=6, ncol=2)
