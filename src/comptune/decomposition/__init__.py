@@ -6,7 +6,7 @@ The method is stated and numbered in docs/SPEC.md. Reading order, following the 
 - `sigmoids.py`, `ci.py`  causal importance: logits per subcomponent and their squashing (§2)
 - `decomposed.py`  `Decomposition`: hooks that run the target with masked subcomponents (§1, §3)
 - `losses.py`      masks, routing, the adversary and the four losses (§3–§5)
-- `train.py`       the training step, schedule, checkpoints and resume (§4–§5)
+- `train.py`       the training step and schedule (§4–§5); `run_state.py` its files, checkpoints, resume, DDP
 - `report.py`      the quality figures and the task bar (§6)
 - `goodfire.py`    importing runs made by Goodfire's reference code (§8)
 """

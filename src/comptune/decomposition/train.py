@@ -10,7 +10,8 @@ One step (SPEC §4–§5, following the reference code):
    optimisers (components, CI function) step on a cosine schedule.
 
 Runs resume from `out_dir/checkpoint.safetensors` (one atomic file holding components, CI,
-both optimisers, the adversary's sources and moments of every rank, RNG states and the step).
+both optimisers, the adversary's sources and moments of every rank, RNG states and the step);
+the files, checkpoints, logs and data-parallel plumbing are in `run_state.py`.
 Under `torchrun` the same function trains data-parallel (DDP, gloo on CPU / NCCL on GPU): the
 global batch is split across ranks, masks and adversaries are per rank, rank 0 writes.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from .._io import append_jsonl, load_safetensors, read_jsonl, save_safetensors_atomic, versions, write_json_atomic
+from .._io import append_jsonl, load_safetensors, save_safetensors_atomic, versions, write_json_atomic
 from .._signals import StopRequested
 from ..config import StrictConfig
 from ..errors import NonFiniteError, UserError
@@ -53,6 +53,23 @@ from .losses import (
     sample_subset_routing,
 )
 from .report import quality_report
+from .run_state import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    EVAL_LOG_NAME,
+    INIT_FROM_NAME,
+    QUALITY_NAME,
+    TRAIN_LOG_NAME,
+    batch_indices,
+    checkpoint_meta,
+    dist_setup,
+    gather,
+    load_optimizer,
+    load_trained_params,
+    optimizer_tensors,
+    prepare_logs,
+    read_checkpoint,
+)
 
 # The paper's 24 matrices of the 4-layer model and their C (SPEC §1).
 PAPER_PATTERNS = {
@@ -63,13 +80,6 @@ PAPER_PATTERNS = {
     "h.*.mlp.c_fc": 3072,
     "h.*.mlp.down_proj": 3584,
 }
-
-CHECKPOINT_NAME = "checkpoint.safetensors"
-TRAIN_LOG_NAME = "train_log.jsonl"
-EVAL_LOG_NAME = "eval_log.jsonl"
-CONFIG_NAME = "decompose_config.json"
-QUALITY_NAME = "quality.json"
-INIT_FROM_NAME = "init_from.json"  # where an --init-from run records its origin (kept across resumes)
 
 # Settings that do not change the run's arithmetic: a resumed run may change them.
 BOOKKEEPING_FIELDS = {"eval_every", "eval_batch_size", "checkpoint_every", "log_every", "max_minutes"}
@@ -178,75 +188,6 @@ def cosine_lr(step: int, total: int, start: float, final_frac: float, warmup_fra
     return final + 0.5 * (start - final) * (1 + math.cos(math.pi * progress))
 
 
-def batch_indices(step: int, n: int, global_batch: int, seed: int, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's rows of the global batch at `step`: a fresh seeded permutation every epoch, the
-    global batch split across ranks. A pure function of the step, so a resumed run sees the same data."""
-    local = global_batch // world_size
-    k = torch.arange(step * global_batch + rank * local, step * global_batch + (rank + 1) * local)
-    epochs, pos = k // n, k % n
-    return torch.cat([_epoch_permutation(n, seed, int(e))[pos[epochs == e]] for e in epochs.unique()])
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def _dist_setup(device: torch.device | str | None = None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group that torchrun describes, if any.
-    `device` None: CUDA when present (the LOCAL_RANK GPU), else the CPU."""
-    device = torch.device(device) if device is not None else None
-    use_cuda = torch.cuda.is_available() if device is None else device.type == "cuda"
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    if dist.is_initialized():
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world_size = 0, 1
-    if device is not None and (device.type != "cuda" or world_size == 1):
-        return rank, world_size, device
-    if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        return rank, world_size, torch.device("cuda", local_rank)
-    return rank, world_size, torch.device("cpu")
-
-
-def _gather(t: torch.Tensor, world_size: int) -> list[torch.Tensor]:
-    """Every rank's copy of a same-shaped tensor (just [t] without a process group)."""
-    if world_size == 1:
-        return [t]
-    out = [torch.empty_like(t) for _ in range(world_size)]
-    dist.all_gather(out, t.contiguous())
-    return out
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for i, state in opt.state_dict()["state"].items():
-        out.update({f"{prefix}.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
-    return out
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str) -> None:
-    sd = opt.state_dict()
-    n_params = len(sd["param_groups"][0]["params"])
-    state = {}
-    for i in range(n_params):
-        keys = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{prefix}.{i}.")}
-        if keys:
-            state[i] = keys
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
-def _changed_fields(saved: dict, now: dict) -> list[str]:
-    # a field added after the checkpoint was written counts as its default there
-    defaults = {name: f.default for name, f in DecomposeConfig.model_fields.items() if not f.is_required() and f.default_factory is None}
-    return sorted(k for k in set(saved) | set(now) if k not in BOOKKEEPING_FIELDS and saved.get(k, defaults.get(k)) != now.get(k))
-
-
 def decompose(
     target: torch.nn.Module,
     train_blocks: torch.Tensor,
@@ -280,7 +221,7 @@ def decompose(
         raise UserError(f"training blocks hold token id {int(train_blocks.max())} but the model has {embeddings.num_embeddings} embeddings: "
                          "the data was tokenized with another tokenizer")
     config = config_for_model(config, target)
-    rank, world_size, device = _dist_setup(device)
+    rank, world_size, device = dist_setup(device)
     if config.batch_size % world_size:
         raise UserError(f"batch_size={config.batch_size} must be divisible by the number of processes ({world_size})")
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -294,8 +235,8 @@ def decompose(
     decomposition = Decomposition.create(target, config.patterns, config.ci).to(device)
     tensors = None
     if resuming:
-        tensors, meta = _read_checkpoint(ckpt_path, config, world_size)
-        _load_trained_params(decomposition, tensors)
+        tensors, meta = read_checkpoint(ckpt_path, config, world_size, BOOKKEEPING_FIELDS)
+        load_trained_params(decomposition, tensors)
         step = meta["step"]
     elif init_from is not None:
         init_record = _init_from(decomposition, Path(init_from), target)
@@ -312,7 +253,7 @@ def decompose(
         trainer.load_state_tensors(tensors)
         del tensors
     if rank == 0:
-        _prepare_logs(out_dir, step, resuming)
+        prepare_logs(out_dir, step, resuming)
         if not resuming:  # the run's origin survives resumes in its own file
             (out_dir / INIT_FROM_NAME).unlink(missing_ok=True)
             if init_from is not None:
@@ -544,20 +485,20 @@ class VPDTrainer:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything a resume needs; per-rank parts (adversary, RNG) gathered from every rank."""
         t = {f"params.{k}": p.detach() for k, p in self.decomposition.named_parameters() if p.requires_grad}
-        t.update(_optimizer_tensors(self.opt_components, "opt.components"))
-        t.update(_optimizer_tensors(self.opt_ci, "opt.ci"))
+        t.update(optimizer_tensors(self.opt_components, "opt.components"))
+        t.update(optimizer_tensors(self.opt_ci, "opt.ci"))
         per_rank = {"rng.masks": self.mask_rng.get_state(), "rng.torch": torch.get_rng_state()}
         if self.ppgd is not None:
             per_rank.update({f"ppgd.{k}": v for k, v in self.ppgd.state_tensors().items()})
         for name, value in per_rank.items():
-            for r, v in enumerate(_gather(value.to(self.device), self.world_size)):
+            for r, v in enumerate(gather(value.to(self.device), self.world_size)):
                 t[f"rank{r}.{name}"] = v
         return t
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Optimisers, this rank's RNG streams and adversary (parameters are loaded before DDP wraps them)."""
-        _load_optimizer(self.opt_components, tensors, "opt.components")
-        _load_optimizer(self.opt_ci, tensors, "opt.ci")
+        load_optimizer(self.opt_components, tensors, "opt.components")
+        load_optimizer(self.opt_ci, tensors, "opt.ci")
         self.mask_rng.set_state(tensors[f"rank{self.rank}.rng.masks"].cpu())
         torch.set_rng_state(tensors[f"rank{self.rank}.rng.torch"].cpu())
         prefix = f"rank{self.rank}.ppgd."
@@ -575,64 +516,18 @@ def _mse(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(out, ref.detach())
 
 
-def _load_trained_params(decomposition: Decomposition, tensors: dict[str, torch.Tensor]) -> None:
-    for k, p in decomposition.named_parameters():
-        if p.requires_grad:
-            p.data.copy_(tensors[f"params.{k}"])
-
-
-def _checkpoint_meta(path: Path) -> dict:
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no decompose checkpoint at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("state", "{}"))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"checkpoint {path} is not a valid safetensors file ({e}); delete it to start afresh") from e
-    if "step" not in meta:
-        raise UserError(f"{path} is not a decompose checkpoint (no training state in its metadata)")
-    return meta
-
-
 def snapshot(run_dir: str | Path, target: nn.Module, out_dir: str | Path) -> Decomposition:
     """Save the latest checkpoint of a decompose run (running, stopped or finished) as a plain
     decomposition that loads without training state — to inspect or edit with a run mid-way."""
     path = Path(run_dir) / CHECKPOINT_NAME
-    meta = _checkpoint_meta(path)
+    meta = checkpoint_meta(path)
     config = DecomposeConfig.model_validate(meta["config"])
     decomposition = Decomposition.create(target, config.patterns, config.ci)
-    _load_trained_params(decomposition, load_safetensors(path))
+    load_trained_params(decomposition, load_safetensors(path))
     decomposition.config = config.model_dump(mode="json")
     decomposition.provenance = {"snapshot_of": str(run_dir), "step": meta["step"], "steps_planned": config.steps, "completed": meta["step"] >= config.steps}
     decomposition.save(out_dir)
     return decomposition
-
-
-def _read_checkpoint(path: Path, config: DecomposeConfig, world_size: int) -> tuple[dict, dict]:
-    meta = _checkpoint_meta(path)
-    changed = _changed_fields(meta["config"], config.model_dump(mode="json"))
-    if changed:
-        raise UserError(f"checkpoint {path} was written with a different config ({', '.join(changed)}); resume with the same config or use a new output folder")
-    if meta["world_size"] != world_size:
-        raise UserError(f"checkpoint {path} was written by {meta['world_size']} processes, this run has {world_size}; resume with the same number")
-    return load_safetensors(path), meta
-
-
-def _prepare_logs(out_dir: Path, step: int, resuming: bool) -> None:
-    """A resumed run drops log rows written after its checkpoint (they will be recomputed)."""
-    from .._io import write_text_atomic
-
-    for name in (TRAIN_LOG_NAME, EVAL_LOG_NAME):
-        path = out_dir / name
-        if not resuming:
-            if path.exists():
-                path.unlink()
-            continue
-        # train rows are stamped after their step ran, eval rows before it
-        keep = [r for r in read_jsonl(path) if (r["step"] <= step if name == TRAIN_LOG_NAME else r["step"] < step)]
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def _log_eval(decomposition: Decomposition, eval_blocks: torch.Tensor, config: DecomposeConfig, out_dir: Path, step: int, bar) -> dict:
