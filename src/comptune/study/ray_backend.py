@@ -30,7 +30,7 @@ def run_remote(config, spec, base: dict) -> tuple[dict, dict[str, bytes]]:
     key = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
     if key not in _inputs_cache:
         _inputs_cache.clear()
-        _inputs_cache[key] = load_inputs(config)
+        _inputs_cache[key] = load_inputs(config, "cuda" if config.resources.gpus_per_run > 0 else "cpu")
     torch.set_num_threads(max(1, int(config.resources.cpus_per_run)))
     with tempfile.TemporaryDirectory() as tmp:
         row = _run_one(config, spec, _inputs_cache[key], base, Path(tmp))

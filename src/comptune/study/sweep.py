@@ -94,8 +94,9 @@ class RunSpec:
         return (self.method, c.budget, c.lambda_retain)
 
 
-def load_inputs(config: SweepConfig) -> StudyInputs:
-    """Load model, tokenizer, decomposition and token data; raise on anything the sweep cannot run with."""
+def load_inputs(config: SweepConfig, device: torch.device | str | None = None) -> StudyInputs:
+    """Load model, tokenizer, decomposition and token data; raise on anything the sweep cannot run with.
+    The model (and the decomposition) go to `device` (default: the CPU); token data stays on the CPU."""
     from ..corpus.datasets import dataset_texts
     from ..corpus.loading import token_stream
     from ..model.loading import load_model_and_tokenizer
@@ -103,7 +104,7 @@ def load_inputs(config: SweepConfig) -> StudyInputs:
     model_dir = config.model_dir()
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist (config `model`: {config.model})")
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir, device=device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -179,14 +180,17 @@ def run_sweep(
     inputs: StudyInputs | None = None,
     workers: int = 1,
     ray: str | bool = False,
+    device: torch.device | str | None = None,
     on_run_done: Callable[[dict], None] | None = None,
     log: Log = print,
 ) -> Path:
     """Run (or resume) the sweep into `out_dir`; returns the path of results.jsonl.
 
     `workers`: runs at a time (see the module doc). `ray`: run each run as a Ray task instead, on
-    a local Ray cluster (True) or the one at this address (`study.ray_backend`). `on_run_done(row)`
-    is called after each new row is written (progress hooks, tests)."""
+    a local Ray cluster (True) or the one at this address (`study.ray_backend`; a task with
+    `resources.gpus_per_run` runs on its GPU). `device`: where local runs train (default: the CPU;
+    results do not depend on it beyond float rounding). `on_run_done(row)` is called after each new
+    row is written (progress hooks, tests)."""
     if ray:
         from .ray_backend import connect
 
@@ -197,7 +201,7 @@ def run_sweep(
         raise UserError("with workers > 1 every worker loads its inputs from the config; pass `inputs` only with workers=1")
     out_dir = Path(out_dir)
     grows = _check_out_dir(config, out_dir)
-    inputs = inputs or load_inputs(config)  # raises on bad input before anything is written
+    inputs = inputs or load_inputs(config, device)  # raises on bad input before anything is written
     with _exclusive(out_dir):
         saved = out_dir / "sweep_config.yaml"
         fresh = not saved.exists()
@@ -227,7 +231,7 @@ def run_sweep(
             groups[r.group].append(r.run_id)
         specs = {r.run_id: r for r in todo}
         t0 = time.perf_counter()
-        for i, row in enumerate(_execute(config, todo, inputs, base, out_dir, workers, ray, log)):
+        for i, row in enumerate(_execute(config, todo, inputs, base, out_dir, workers, ray, log, device)):
             spec = specs[row["run_id"]]
             append_jsonl(runs_path, row)
             done.add(spec.run_id)
@@ -264,7 +268,7 @@ def expected_minutes(todo: list[RunSpec], inputs: StudyInputs, workers: int, pro
 
 
 def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base: dict, out_dir: Path, workers: int,
-             ray: str | bool = False, log: Log = print) -> Iterator[dict]:
+             ray: str | bool = False, log: Log = print, device=None) -> Iterator[dict]:
     """Rows of the runs in `todo` as they finish: here, in a pool of `workers` processes, or as Ray
     tasks whose edits come back as files that only this process writes."""
     if ray:
@@ -281,7 +285,7 @@ def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base
         return
     # spawn, not fork: forking after torch has started its thread pools can deadlock the child
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(config, base, out_dir)) as pool:
+    with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(config, base, out_dir, device)) as pool:
         yield from pool.imap_unordered(_run_in_worker, todo)
         pool.close()  # let the workers exit on their own (leaving `with` alone terminates them)
         pool.join()
@@ -302,7 +306,7 @@ def _write_files_atomic(directory: Path, files: dict[str, bytes]) -> None:
 _worker_state: tuple | None = None  # (config, inputs, base, out_dir) in a pool process
 
 
-def _init_worker(config: SweepConfig, base: dict, out_dir: Path) -> None:
+def _init_worker(config: SweepConfig, base: dict, out_dir: Path, device=None) -> None:
     global _worker_state
     from transformers.utils import logging as hf_logging
 
@@ -315,7 +319,7 @@ def _init_worker(config: SweepConfig, base: dict, out_dir: Path) -> None:
     torch.set_num_threads(1)  # N workers on N cores: more threads each would oversubscribe them
     # each worker loads its own inputs (deterministic from the config): a decomposition holds hooks
     # that do not pickle, and sending the model to every worker would cost as much as loading it
-    _worker_state = (config, load_inputs(config), base, out_dir)
+    _worker_state = (config, load_inputs(config, device), base, out_dir)
 
 
 def _terminate_with_parent() -> None:
