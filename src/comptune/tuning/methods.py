@@ -117,16 +117,20 @@ def _svd_scale(model, selection, config, decomposition, decomposition_dir) -> Tu
 
 
 @register_method("lora")
-@register_method("lora_local")
 def _lora(model, selection, config, decomposition, decomposition_dir) -> TunableModel:
+    return _peft_lora("lora", model, linear_module_paths(model), config.lora_rank, config)
+
+
+@register_method("lora_local")
+def _lora_local(model, selection, config, decomposition, decomposition_dir) -> TunableModel:
+    targets = config.selected_modules()
+    _check_linear_modules(model, targets)
+    return _peft_lora("lora_local", model, targets, 1, config)
+
+
+def _peft_lora(name: str, model: nn.Module, targets: list[str], rank: int, config: TuneConfig) -> TunableModel:
     from peft import LoraConfig
 
-    local = bool(config.method == "lora_local")
-    if local:
-        targets, rank = config.selected_modules(), 1
-        _check_linear_modules(model, targets)
-    else:
-        targets, rank = linear_module_paths(model), config.lora_rank
     lora = LoraConfig(
         r=rank,
         lora_alpha=config.lora_alpha,
@@ -135,7 +139,7 @@ def _lora(model, selection, config, decomposition, decomposition_dir) -> Tunable
         bias="none",
         fan_in_fan_out=any(module_kind(model.get_submodule(p)) == "conv1d" for p in targets),
     )
-    return _peft_method(config.method, model, lora, targets)
+    return _peft_method(name, model, lora, targets)
 
 
 def _scale_tunable(name: str, wrapped: ComponentScaleModel) -> TunableModel:
