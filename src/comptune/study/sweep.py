@@ -118,8 +118,9 @@ def load_inputs(config: SweepConfig, device: torch.device | str | None = None) -
         decomposition = Decomposition.load(ddir, copy.deepcopy(model))
 
     n_ctx = context_length(model)
-    for what, length in (("train.seq_len", config.train.seq_len),
-        ("eval.block_len", config.eval.block_len), ("selection_data.block_len", config.selection_data.block_len)):
+    lengths = {"train.seq_len": config.train.seq_len, "eval.block_len": config.eval.block_len,
+               "selection_data.block_len": config.selection_data.block_len}
+    for what, length in lengths.items():
         if n_ctx is not None and length > n_ctx:
             raise UserError(f"{what}={length} exceeds the model's context of {n_ctx} tokens; lower it")
 
