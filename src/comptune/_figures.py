@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+plt.rcParams["svg.hashsalt"] = "comptune"  # fixed element ids: the same figure gives the same SVG file
+
 from ._io import atomic_path  # noqa: E402
 
 

@@ -23,6 +23,7 @@ from ..evaluation.robustness import AttackConfig
 from .summary import SweepResults
 
 ROBUSTNESS_DIR = "robustness"
+MIN_REMOVED_TO_PLOT = 1.0  # nats of target CE an edit must remove for its recovery curve to be drawn
 
 
 def _read(path: Path) -> dict:
@@ -67,7 +68,9 @@ def cached_robustness(res: SweepResults) -> tuple[AttackConfig, list[dict]] | No
         return None
     d = dirs[-1]
     config = AttackConfig.model_validate(_read(d / "config.json")["config"])
-    return config, [_read(p) for p in sorted(d.glob("run-*.json"))]
+    order = {m: i for i, m in enumerate(res.methods)}
+    records = [_read(p) for p in d.glob("run-*.json")]
+    return config, sorted(records, key=lambda r: (order.get(r["run"]["method"], len(order)), r["run"]["budget"]))
 
 
 def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, log=print) -> list[dict]:
@@ -183,14 +186,15 @@ def plot_robustness(records: list[dict], config: AttackConfig, stem: Path) -> li
         label = f"{run['method']} @{run['budget']}"
         base, removed = res["base_ce"][tgt], res["removed"]
         full = [a for a in res.get("relearning") or [] if a["attacker"] == "full" and a["tokens"] == n_hi]
-        if full and removed > 0:
+        if full and removed >= MIN_REMOVED_TO_PLOT:  # a fraction of almost nothing says nothing
             c = full[0]["curve"]
             ax_r.plot(c["steps"], [(v - base) / removed for v in c["ce"][tgt]], ls=styles[run["budget"]], color=colors[run["method"]], label=label)
         ax_d.plot([d["t"] for d in res["dose"]], [d["ce"][tgt] - base for d in res["dose"]], ls=styles[run["budget"]],
                   color=colors[run["method"]], marker="o", ms=3, label=label)
     ax_r.axhline(0.5, color="k", lw=0.6, ls=":")
+    ax_r.set_ylim(-0.2, 1.5)
     ax_r.set(xlabel="attack step (full fine-tuning)", ylabel="fraction of the removed CE still removed",
-             title=f"relearning on {n_hi} {config.attack_data} tokens (full, the fastest lr)")
+             title=f"relearning on {n_hi} {config.attack_data} tokens\n(full, the fastest lr; edits removing ≥ {MIN_REMOVED_TO_PLOT:g} nat)")
     ax_d.set(xlabel="dose t (0 = base, 1 = the edit)", ylabel=f"{tgt} CE increase (nats)", title="dose")
     ax_d.axvline(1.0, color="k", lw=0.6, ls=":")
     ax_d.legend(fontsize=6, ncol=2)
