@@ -1,7 +1,7 @@
 """One contract for every registered tuning method, on nn.Linear and Conv1D models (as peft tests
 every tuner with one battery): a fresh edit is the base model; after a training step it is not;
-`disable_adapter()` gives the base; save → load gives the same logits; merging equals the live
-edit where a merge exists; the learned scalars and the L1 penalty agree with the selection."""
+`disable_adapter()` gives the base; save → load gives the same logits, and loading onto another
+model is refused; merging equals the live edit where a merge exists; the learned scalars and the L1 penalty agree with the selection."""
 
 import copy
 import math
@@ -81,6 +81,14 @@ def test_method_contract(variant, tiny_lm, tmp_path):
     fresh_dec = Decomposition.load(tmp_path / "dec", fresh) if config.ci_threshold is not None else None
     with torch.no_grad():
         assert torch.allclose(load_edit(saved, fresh, fresh_dec)(input_ids=ids).logits, live, atol=1e-5)
+
+    # ... and onto another model (different weights under the edit) is refused, naming why
+    other = lm.make()
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(0.01)
+    with pytest.raises(ValueError, match="belongs to another model"):
+        load_edit(saved, other)
 
     # merging equals the live edit where a merge exists
     if config.ci_threshold is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import torch
 import torch.nn as nn
 
 from ..errors import UserKeyError
@@ -12,11 +13,17 @@ from ..errors import UserKeyError
 def weights_fingerprint(model: nn.Module, names: list[str] | None = None) -> str:
     """sha256 over (name, shape, bytes) of the chosen parameters (all by default), in sorted order."""
     params = dict(model.named_parameters(remove_duplicate=True))
+    missing = [n for n in (names or []) if n not in params]
+    if missing:
+        raise UserKeyError(f"parameter {missing[0]!r} not in model")
+    return tensors_fingerprint({n: params[n] for n in (names if names is not None else params)})
+
+
+def tensors_fingerprint(named: dict[str, torch.Tensor]) -> str:
+    """The same hash over named tensors (e.g. the base weights under a peft adapter's layers)."""
     h = hashlib.sha256()
-    for name in sorted(names if names is not None else params):
-        if name not in params:
-            raise UserKeyError(f"parameter {name!r} not in model")
-        t = params[name].detach().float().contiguous().cpu()
+    for name in sorted(named):
+        t = named[name].detach().float().contiguous().cpu()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes())

@@ -55,10 +55,30 @@ def load_edit_adapter(edit_dir: str | Path, base_model: nn.Module, decomposition
     edit's keys do not even belong to it)."""
     if edit_config(edit_dir).get("format") == "comptune-component-scale":
         return load_adapter(edit_dir, base_model, decomposition if is_ci_gated(edit_dir) else None)
+    _check_peft_target(Path(edit_dir), base_model)
     from peft import PeftModel
 
     with peft_quietly():
         return PeftModel.from_pretrained(base_model, str(edit_dir)).eval()
+
+
+def _check_peft_target(edit_dir: Path, base_model: nn.Module) -> None:
+    """A peft adapter saved by comptune records the weights it was trained on; refuse other ones."""
+    from ..model.fingerprint import weights_fingerprint
+    from .methods import PEFT_TARGET_NAME
+
+    record = edit_dir / PEFT_TARGET_NAME
+    if not record.is_file():  # a peft adapter made elsewhere: nothing recorded to check against
+        return
+    target = json.loads(record.read_text())["target"]
+    params = dict(base_model.named_parameters())
+    missing = [n for n in target["weight_names"] if n not in params]
+    if missing:
+        raise UserError(f"edit {edit_dir} is for another model: this model has no weights {missing[:3]}")
+    fp = weights_fingerprint(base_model, target["weight_names"])
+    if fp != target["fingerprint"]:
+        raise UserError(f"edit {edit_dir} was trained on a model with weights fingerprint {target['fingerprint']}, this model's is {fp}: "
+                        "it belongs to another model; pass the model it was trained on")
 
 
 def load_edit(edit_dir: str | Path, base_model: nn.Module, decomposition=None) -> nn.Module:

@@ -25,12 +25,15 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from .._io import share_files
+from .._io import share_files, write_json_atomic
 from ..decomposition.bases import default_neuron_modules, linear_module_paths, svd_components
 from ..decomposition.components import linear_layout_weight, module_keys, module_kind, parse_component_key
 from ..errors import UserError
+from ..model.fingerprint import tensors_fingerprint
 from .component_scale import ComponentScaleConfig, ComponentScaleModel, apply_component_scale
 from .config import TuneConfig
+
+PEFT_TARGET_NAME = "comptune_target.json"  # beside a peft adapter: the weights it was trained on
 
 
 @dataclass
@@ -53,6 +56,12 @@ class TunableModel:
         gates (`model.compute_gates` / `model.gated`) are then computed once per batch by the trainer."""
         return isinstance(self.model, ComponentScaleModel) and self.model.scale_config.ci_threshold is not None
 
+    def _base_fingerprint(self) -> dict:
+        """Fingerprint of the base weights under the edited modules (peft keeps them as `base_layer`)."""
+        base = self.model.get_base_model()
+        weights = {f"{p}.weight": getattr(base.get_submodule(p), "base_layer", base.get_submodule(p)).weight for p in self.edited_modules}
+        return {"fingerprint": tensors_fingerprint(weights), "weight_names": sorted(weights)}
+
     def save(self, out_dir: str | Path) -> Path:
         """The trained edit as an adapter folder: ComponentScale's `save_adapter`, or peft's
         `save_pretrained` (LoRA, IA3; adapter weights only). Written beside and renamed, so the
@@ -64,6 +73,7 @@ class TunableModel:
             self.model.save_adapter(tmp)
         else:
             self.model.save_pretrained(str(tmp))
+            write_json_atomic(tmp / PEFT_TARGET_NAME, {"target": self._base_fingerprint()})
             share_files(tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
