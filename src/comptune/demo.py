@@ -28,7 +28,7 @@ def preset_config(full: bool = False) -> SweepConfig:
     return SweepConfig.from_file(path)
 
 
-def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int = 1, log=print) -> Path:
+def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int = 1, device=None, log=print) -> Path:
     """Selection → sweep → report on the bundled model; returns the report's summary.md."""
     from .report import make_report
     from .study.sweep import run_sweep
@@ -42,7 +42,7 @@ def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int
         f"budgets {config.budgets}, seeds {config.seeds}, {config.n_runs()} runs on {workers} worker{'s' * (workers > 1)} → {out}; "
         f"after the selection, each finished run prints the remaining time")
     t0 = time.perf_counter()
-    run_sweep(config, out, workers=workers, log=log)
+    run_sweep(config, out, workers=workers, device=device, log=log)
     summary = make_report(out, log=log)
     log(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; summary: {summary}")
     return summary
@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="results directory (default: results/demo or results/full); re-running resumes it")
     p.add_argument("--workers", type=int, default=_cores(),
                    help=f"runs at a time, each in its own process with one torch thread; default: the cores this process may use ({_cores()} here)")
+    p.add_argument("--device", default=None, help="where the runs train (default: cpu)")
     p.set_defaults(func=_demo, kept_on_interrupt="every finished run is kept in its results folder's runs.jsonl")
 
 
@@ -64,5 +65,7 @@ def _cores() -> int:
 
 
 def _demo(args) -> int:
-    run_demo(full=args.full, out_dir=args.out, workers=args.workers)
+    from ._device import resolve_device
+
+    run_demo(full=args.full, out_dir=args.out, workers=args.workers, device=resolve_device(args.device) if args.device else None)
     return 0

@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--top-k", type=int, help="sample only from the k most likely tokens (with --sample)")
     r.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
     r.add_argument("--json", type=Path, metavar="OUT", help="also write the rollouts (with config and versions) as JSON")
+    add_device_argument(r)
     r.set_defaults(func=_rollout)
 
     a = sub.add_parser(
@@ -95,6 +96,7 @@ def _eval(args) -> int:
 
 
 def _rollout(args) -> int:
+    from .._device import resolve_device
     from .._io import write_json_atomic
     from .rollouts import rollouts_markdown
     from .run import RolloutConfig, run_rollouts
@@ -104,6 +106,7 @@ def _rollout(args) -> int:
     cfg = RolloutConfig(
         model=args.model, compare=args.compare, prompts=args.prompt, max_new_tokens=args.max_new_tokens,
         greedy=not args.sample, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+        device=str(resolve_device(args.device)),
     )
     report = run_rollouts(cfg)
     print(rollouts_markdown(report["rollouts"]))

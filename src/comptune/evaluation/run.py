@@ -42,6 +42,7 @@ class RolloutConfig(StrictConfig):
     temperature: float = Field(1.0, gt=0)
     top_k: int | None = Field(None, ge=1)
     seed: int = 0
+    device: str | None = None  # None: the CPU
 
 
 def parse_data_spec(spec: str) -> tuple[str, str | None]:
@@ -99,12 +100,12 @@ def run_rollouts(cfg: RolloutConfig) -> dict:
     from ..model.loading import load_model_and_tokenizer
 
     paths = [cfg.model or str(bundled_model_dir()), *cfg.compare]
-    model, tokenizer = load_model_and_tokenizer(paths[0])
+    model, tokenizer = load_model_and_tokenizer(paths[0], device=cfg.device)
     models = [model]
     for path in paths[1:]:
         # the compared models must read and write the same tokens: use the first model's tokenizer
         has_own = (Path(path) / "tokenizer.json").is_file() or (Path(path) / "tokenizer_config.json").is_file()
-        other, own_tokenizer = load_model_and_tokenizer(path, tokenizer_path=path if has_own else paths[0])
+        other, own_tokenizer = load_model_and_tokenizer(path, tokenizer_path=path if has_own else paths[0], device=cfg.device)
         if own_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise UserError(f"{path} has a different tokenizer from {paths[0]}; rollouts compare models that share one")
         models.append(other)
