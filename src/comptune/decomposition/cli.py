@@ -51,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--bound", type=float, default=0.1, help="damage bound of the task bar, nats")
     r.add_argument("--scan-blocks", type=int, default=8, help="blocks per dataset for the task bar's scan")
     r.add_argument("--out", type=Path, help="also write the report as JSON here")
+    add_device_argument(r)
     r.set_defaults(func=_report)
 
     sn = saved.add_parser("snapshot", help="save the latest checkpoint of a decompose run (even one still running) as a loadable decomposition")
@@ -136,11 +137,13 @@ def _decompose(args) -> int:
 
 
 def _report(args) -> int:
+    from .._device import resolve_device
     from .._io import versions, write_json_atomic
     from ..model.loading import load_model_and_tokenizer
     from .decomposed import META_NAME, Decomposition
     from .report import faithfulness_by_dataset, format_report, quality_report
 
+    device = resolve_device(args.device)  # before anything is read or loaded
     model_dir = args.model
     if model_dir is None:
         meta_path = args.decomposition / META_NAME
@@ -152,7 +155,7 @@ def _report(args) -> int:
         model_dir = Path(recorded)
     if (args.target is None) != (args.reference is None):
         raise UserError("--target and --reference go together (e.g. --target parallel.de --reference general_en)")
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir, device=device)
     decomposition = Decomposition.load(args.decomposition, model)
     blocks = load_blocks(args.data, tokenizer, args.block_len, args.blocks)
     report = quality_report(decomposition, blocks, batch_size=args.batch_size, pgd_steps=args.pgd_steps, seed=args.seed)
