@@ -81,8 +81,10 @@ def sample_batch(streams: dict[str, torch.Tensor], cfg: PretrainConfig, gen: tor
     return mix_windows(streams, cfg.mix, cfg.batch_size, cfg.n_ctx, gen)
 
 
-def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.Tensor], tokenizer=None, *, resume: bool = True) -> ComptuneLMForCausalLM:
-    """Train (or resume) a ComptuneLM on token streams per language; save to `out_dir` (HF format).
+def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.Tensor], tokenizer=None, *, resume: bool = True,
+             device: torch.device | str | None = None) -> ComptuneLMForCausalLM:
+    """Train (or resume) a ComptuneLM on token streams per language, on `device` (default: the CPU);
+    save to `out_dir` (HF format).
 
     `out_dir/checkpoint.safetensors` + `checkpoint.json` hold everything needed to resume:
     model, optimiser moments, step, RNG state and the loss history.
@@ -93,7 +95,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
             raise UserError(f"token stream {lang!r} holds id {int(s.max())} ≥ vocab_size={cfg.vocab_size}: tokenizer and model do not match")
 
     torch.manual_seed(cfg.seed)
-    model = ComptuneLMForCausalLM(cfg.lm_config())
+    model = ComptuneLMForCausalLM(cfg.lm_config()).to(device or "cpu")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -114,7 +116,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
             changed = sorted(k for k in now if saved.get(k) != now[k])
             raise UserError(f"checkpoint in {out_dir} was written with a different config ({', '.join(changed)}); use a new --out or the same config")
         tensors = load_safetensors(ckpt_t)
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)  # copies onto device
         model.tie_weights()
         opt_state = opt.state_dict()
         for i, p in enumerate(decay + no_decay):
@@ -127,11 +129,12 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
         step, history = meta["step"], meta["history"]
 
     def save_checkpoint():
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        tensors = {f"model.{k}": v.cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
         for i, p in enumerate(decay + no_decay):
             st = opt.state.get(p)
             if st:
-                tensors.update({f"opt.{i}.step": st["step"].reshape(()), f"opt.{i}.exp_avg": st["exp_avg"], f"opt.{i}.exp_avg_sq": st["exp_avg_sq"]})
+                tensors.update({f"opt.{i}.step": st["step"].reshape(()).cpu(), f"opt.{i}.exp_avg": st["exp_avg"].cpu(),
+                                f"opt.{i}.exp_avg_sq": st["exp_avg_sq"].cpu()})
         tensors["rng.data"] = gen.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         save_safetensors_atomic(tensors, ckpt_t)
@@ -144,7 +147,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
         while step < cfg.max_steps:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            batch = sample_batch(streams, cfg, gen)  # [B, T]
+            batch = sample_batch(streams, cfg, gen).to(model.device)  # [B, T]
             loss = model(batch, labels=batch).loss
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"non-finite training loss at step {step}; last good checkpoint is in {out_dir}")
