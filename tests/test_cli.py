@@ -86,7 +86,7 @@ def test_every_model_command_takes_a_device_and_refuses_one_it_does_not_have(cap
         pytest.skip("this machine has a GPU: the refusal below needs one without")
     for argv in (["tune", "--out", "/tmp/x", "--budget", "4"], ["decompose", "--model", "m", "--data", "d", "--out", "/tmp/x"],
                  ["eval"], ["inspect"], ["attack", "e", "--out", "/tmp/x"], ["sweep", "c.yaml"], ["demo"], ["rollout", "--prompt", "x"],
-                 ["decomposition", "report", "d", "--data", "x"], ["pretrain", "--out", "/tmp/x"]):
+                 ["decomposition", "report", "d", "--data", "x"], ["pretrain", "--out", "/tmp/x"], ["report", "r"]):
         assert main([*argv, "--device", "cuda"]) == 2, argv
         err = capsys.readouterr().err
         assert "asks for a GPU, but this torch" in err and "use --device cpu" in err, (argv, err)

@@ -73,7 +73,7 @@ def cached_robustness(res: SweepResults) -> tuple[AttackConfig, list[dict]] | No
     return config, sorted(records, key=lambda r: (order.get(r["run"]["method"], len(order)), r["run"]["budget"]))
 
 
-def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, log=print) -> list[dict]:
+def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, log=print, device=None) -> list[dict]:
     """Attack each pick (cached per run); returns one record per pick: run fields + the attack result."""
     from ..corpus.datasets import dataset_texts, sample_blocks
     from ..corpus.loading import token_stream
@@ -89,7 +89,7 @@ def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, 
     todo = [r for r in picks if not (out / f"run-{r['run_id']}.json").is_file()]
     log(f"robustness: {len(picks)} edits ({len(picks) - len(todo)} already attacked) in {out}")
     if todo:
-        base, tokenizer = load_model_and_tokenizer(res.config.model_dir())
+        base, tokenizer = load_model_and_tokenizer(res.config.model_dir(), device=device)
         base.eval()
         weights = {n: p.detach().clone() for n, p in base.named_parameters()}
         decomposition = None

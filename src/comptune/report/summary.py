@@ -118,12 +118,13 @@ def budget_curve_table(rows: list[dict], methods: list[str], budgets: list[int],
 
 
 def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, rollouts: bool = True,
-                robustness_budgets: list[int] | None = None, robustness_config: dict | None = None, log=print) -> Path:
+                robustness_budgets: list[int] | None = None, robustness_config: dict | None = None, device=None, log=print) -> Path:
     """Figures (PNG + SVG), tables and `summary.md` for the sweep in `results_dir`; returns summary.md.
 
     `robustness_budgets` attacks each method's chosen edit at those budgets (`report.robustness`;
     `robustness_config` overrides AttackConfig fields); without it, robustness results already
-    computed for this study are included as they are."""
+    computed for this study are included as they are. `device`: where the rollouts and attacks
+    run (default: the CPU)."""
     res = load_results(results_dir)
     out = Path(out_dir) if out_dir is not None else res.directory / "report"
     cfg, s = res.config, res.config.scoring
@@ -151,8 +152,8 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, r
     log(f"report: figures {', '.join(figures)} → {out}")
 
     table = min_budget_table(rows, methods, budgets)
-    rollout_rows = _rollouts(res, out, log) if rollouts else None
-    robust_md = _robustness(res, out, figures, robustness_budgets, robustness_config, log)
+    rollout_rows = _rollouts(res, out, log, device) if rollouts else None
+    robust_md = _robustness(res, out, figures, robustness_budgets, robustness_config, log, device)
     md = _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets, robust_md)
     path = out / "summary.md"
     write_text_atomic(path, md)
@@ -179,7 +180,7 @@ def rollout_picks(res: SweepResults) -> dict[str, dict]:
     return picks
 
 
-def _rollouts(res: SweepResults, out: Path, log) -> list[dict] | None:
+def _rollouts(res: SweepResults, out: Path, log, device=None) -> list[dict] | None:
     """Greedy continuations of the config's prompts by the base model and each picked edit."""
     from ..evaluation.rollouts import rollouts
     from ..model.loading import load_model_and_tokenizer
@@ -188,7 +189,7 @@ def _rollouts(res: SweepResults, out: Path, log) -> list[dict] | None:
     picks = rollout_picks(res)
     if not picks:
         return None
-    base, tokenizer = load_model_and_tokenizer(res.config.model_dir())
+    base, tokenizer = load_model_and_tokenizer(res.config.model_dir(), device=device)
     decomposition = None
     if any(is_ci_gated(res.directory / r["edit"]) for r in picks.values()):
         from ..decomposition import Decomposition
@@ -210,13 +211,14 @@ def _rollouts(res: SweepResults, out: Path, log) -> list[dict] | None:
 
 
 # --------------------------------------------------------------------------- robustness
-def _robustness(res: SweepResults, out: Path, figures: dict, budgets: list[int] | None, overrides: dict | None, log) -> list[str]:
+def _robustness(res: SweepResults, out: Path, figures: dict, budgets: list[int] | None, overrides: dict | None, log,
+                device=None) -> list[str]:
     """The robustness section's markdown lines (run now for `budgets`, else from the study's cache)."""
     from .robustness import cached_robustness, plot_robustness, robustness_markdown, robustness_table, run_robustness, study_attack_config
 
     if budgets:
         config = study_attack_config(res, overrides)
-        records = run_robustness(res, budgets, config, log)
+        records = run_robustness(res, budgets, config, log, device)
     else:
         cached = cached_robustness(res)
         if cached is None or not cached[1]:
