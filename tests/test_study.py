@@ -82,6 +82,28 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def kill_after(n: int, seen: list):
+    """An on_run_done hook recording run ids into `seen` and interrupting after the n-th (a killed driver)."""
+    def hook(row):
+        seen.append(row["run_id"])
+        if len(seen) == n:
+            raise KeyboardInterrupt("killed")
+    return hook
+
+
+def assert_same_rows(out: Path, serial_out: Path) -> None:
+    """The sweep in `out` finished the runs of the serial sweep in `serial_out`, with the same results and edits."""
+    serial = {r["run_id"]: r for r in read_rows(serial_out / "results.jsonl")}
+    rows = {r["run_id"]: r for r in read_rows(out / "results.jsonl")}
+    assert rows.keys() == serial.keys() and len(read_rows(out / "runs.jsonl")) == len(serial)
+    for rid, row in rows.items():
+        assert row["steps"] == serial[rid]["steps"] and row["chosen"] == serial[rid]["chosen"]
+        assert row["ce"] == pytest.approx(serial[rid]["ce"], abs=1e-4)
+        assert row["final_scalars"] == pytest.approx(serial[rid]["final_scalars"], abs=1e-4)
+        if row["chosen"]:
+            assert sorted(p.name for p in (out / row["edit"]).iterdir()) == sorted(p.name for p in (serial_out / row["edit"]).iterdir())
+
+
 def test_sweep_writes_one_row_per_run_and_chooses_on_validation(finished):
     """SEMANTICS S7.1."""
     config, out = finished
@@ -162,15 +184,9 @@ def test_killed_sweep_resumes_without_duplicates(assets, tmp_path):
     config = sweep_config(assets)
     out = tmp_path / "sweep"
     first = []
-
-    def kill_after_three(row):
-        first.append(row["run_id"])
-        if len(first) == 3:
-            raise KeyboardInterrupt("killed")
-
     logged = []
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, out, on_run_done=kill_after_three, log=logged.append)
+        run_sweep(config, out, on_run_done=kill_after(3, first), log=logged.append)
     assert len(read_rows(out / "runs.jsonl")) == 3
     # the expected duration comes before the first run
     expected = next(i for i, line in enumerate(logged) if line.startswith("expected: at most "))
@@ -261,15 +277,7 @@ def test_parallel_workers_give_the_serial_rows(finished, tmp_path):
     config, serial_out = finished
     out = tmp_path / "parallel"
     run_sweep(config, out, workers=2, log=lambda s: None)
-    serial = {r["run_id"]: r for r in read_rows(serial_out / "results.jsonl")}
-    parallel = {r["run_id"]: r for r in read_rows(out / "results.jsonl")}
-    assert parallel.keys() == serial.keys()
-    for rid, row in parallel.items():
-        assert row["steps"] == serial[rid]["steps"] and row["chosen"] == serial[rid]["chosen"]
-        assert row["ce"] == pytest.approx(serial[rid]["ce"], abs=1e-4)
-        assert row["final_scalars"] == pytest.approx(serial[rid]["final_scalars"], abs=1e-4)
-        if row["chosen"]:
-            assert (out / row["edit"]).is_dir()
+    assert_same_rows(out, serial_out)
     with pytest.raises(ValueError, match="workers must be at least 1"):
         run_sweep(config, tmp_path / "none", workers=0, log=lambda s: None)
 

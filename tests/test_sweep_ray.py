@@ -11,7 +11,7 @@ ray = pytest.importorskip("ray", reason="Ray is the optional extra comptune[ray]
 
 from comptune.study.ray_backend import ray_rows, run_remote  # noqa: E402
 from comptune.study.sweep import plan_runs, run_sweep  # noqa: E402
-from test_study import assets, finished, read_rows, sweep_config  # noqa: E402, F401
+from test_study import assert_same_rows, assets, finished, kill_after, read_rows, sweep_config  # noqa: E402, F401
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the failing task below runs in Ray's workers
 
@@ -27,25 +27,11 @@ def test_ray_rows_equal_the_serial_sweeps_and_a_killed_driver_resumes(local_ray,
     config, serial_out = finished
     out = tmp_path / "ray"
     first = []
-
-    def kill_after_two(row):
-        first.append(row["run_id"])
-        if len(first) == 2:
-            raise KeyboardInterrupt("driver killed")
-
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, out, ray=True, on_run_done=kill_after_two, log=lambda s: None)
+        run_sweep(config, out, ray=True, on_run_done=kill_after(2, first), log=lambda s: None)
     assert [r["run_id"] for r in read_rows(out / "runs.jsonl")] == first
     run_sweep(config, out, ray=True, log=lambda s: None)
-    serial = {r["run_id"]: r for r in read_rows(serial_out / "results.jsonl")}
-    rows = {r["run_id"]: r for r in read_rows(out / "results.jsonl")}
-    assert rows.keys() == serial.keys() and len(read_rows(out / "runs.jsonl")) == len(serial)
-    for rid, row in rows.items():
-        assert row["steps"] == serial[rid]["steps"] and row["chosen"] == serial[rid]["chosen"]
-        assert row["ce"] == pytest.approx(serial[rid]["ce"], abs=1e-4)
-        assert row["final_scalars"] == pytest.approx(serial[rid]["final_scalars"], abs=1e-4)
-        if row["chosen"]:  # the edit came back from the worker and was written by the driver
-            assert sorted(p.name for p in (out / row["edit"]).iterdir()) == sorted(p.name for p in (serial_out / row["edit"]).iterdir())
+    assert_same_rows(out, serial_out)  # chosen edits came back from the workers and were written by the driver
 
 
 def fail_first_try(config, spec, base):

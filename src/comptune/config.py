@@ -8,6 +8,8 @@ list in the child is the child's complete method list). Chains are allowed; a cy
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +27,10 @@ class StrictConfig(BaseModel):
     """Base for all configs: unknown keys are an error, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def digest(self) -> str:
+        """sha256 (hex) of the config's JSON with sorted keys: equal configs, equal digests, in any process."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_file(cls: type[T], path: str | Path) -> T:

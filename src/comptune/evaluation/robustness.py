@@ -183,19 +183,14 @@ def _fresh_attacker(model: nn.Module, attacker: str, config: AttackConfig) -> tu
         for p in net.parameters():
             p.requires_grad_(True)
         return net, list(net.parameters())
-    from peft import LoraConfig, get_peft_model
+    from ..tuning import Selection, TuneConfig, build_method
 
-    from ..decomposition.bases import linear_module_paths
-    from ..decomposition.components import module_kind
-    from ..tuning.methods import peft_quietly
-
-    targets = linear_module_paths(net)
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets, lora_dropout=0.0, bias="none",
-                      fan_in_fan_out=any(module_kind(net.get_submodule(p)) == "conv1d" for p in targets))
-    with torch.random.fork_rng(devices=[]), peft_quietly():  # seeded LoRA init without touching the caller's RNG
+    # the study's own LoRA method (every linear weight), rank and alpha of the attacker
+    lora = TuneConfig(method="lora", budget=1, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+    with torch.random.fork_rng(devices=[]):  # seeded LoRA init without touching the caller's RNG
         torch.manual_seed(config.seed)
-        net = get_peft_model(net, lora)
-    return net, [p for p in net.parameters() if p.requires_grad]
+        tunable = build_method("lora", net, None, Selection(), lora)
+    return tunable.model, tunable.parameters
 
 
 def relearn_curve(model: nn.Module, block: torch.Tensor, eval_sets: dict[str, torch.Tensor], attacker: str, lr: float,

@@ -7,7 +7,7 @@ import hashlib
 import torch
 import torch.nn as nn
 
-from ..errors import UserKeyError
+from ..errors import UserError, UserKeyError
 
 
 def weights_fingerprint(model: nn.Module, names: list[str] | None = None) -> str:
@@ -28,3 +28,16 @@ def tensors_fingerprint(named: dict[str, torch.Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def check_target(model: nn.Module, target: dict, what: str, hint: str = "") -> None:
+    """Refuse `model` unless it holds the weights `target` ({"fingerprint", "weight_names"}, as an
+    artifact recorded them) describes; `what` names the artifact in the error, `hint` ends it."""
+    params = dict(model.named_parameters())
+    missing = [n for n in target["weight_names"] if n not in params]
+    if missing:
+        raise UserError(f"{what} is for another model: this model has no weights {missing[:3]}")
+    fp = weights_fingerprint(model, target["weight_names"])
+    if fp != target["fingerprint"]:
+        raise UserError(f"{what} was trained on a model with weights fingerprint {target['fingerprint']}, "
+                        f"this model's is {fp}: it belongs to another model{hint}")

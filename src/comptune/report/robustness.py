@@ -12,7 +12,6 @@ computed once and shared by every edit.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -56,8 +55,7 @@ def robustness_picks(res: SweepResults, budgets: list[int]) -> list[dict]:
 
 
 def _config_dir(res: SweepResults, config: AttackConfig) -> Path:
-    digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
-    return res.directory / ROBUSTNESS_DIR / digest
+    return res.directory / ROBUSTNESS_DIR / config.digest()[:12]
 
 
 def cached_robustness(res: SweepResults) -> tuple[AttackConfig, list[dict]] | None:

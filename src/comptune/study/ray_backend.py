@@ -10,8 +10,6 @@ naming it instead of choosing settings over an incomplete group.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,7 +25,7 @@ def run_remote(config, spec, base: dict) -> tuple[dict, dict[str, bytes]]:
 
     from .sweep import _run_one, load_inputs
 
-    key = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    key = config.digest()
     if key not in _inputs_cache:
         _inputs_cache.clear()
         _inputs_cache[key] = load_inputs(config, "cuda" if config.resources.gpus_per_run > 0 else "cpu")

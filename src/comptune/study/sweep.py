@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import multiprocessing
-import os
 import shutil
 import signal
 import time
@@ -53,7 +52,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from .._io import append_jsonl, read_jsonl, versions, write_json_atomic, write_text_atomic
+from .._io import append_jsonl, atomic_directory, read_jsonl, versions, write_json_atomic, write_text_atomic
 from ..corpus.datasets import sample_blocks
 from ..errors import UserError
 from ..model.loading import context_length
@@ -277,7 +276,9 @@ def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base
 
         for row, files in ray_rows(config, todo, base, log=log):
             if files:
-                _write_files_atomic(out_dir / row["edit"], files)
+                with atomic_directory(out_dir / row["edit"]) as tmp:
+                    for name, data in files.items():
+                        (tmp / name).write_bytes(data)
             yield row
         return
     if workers == 1 or len(todo) <= 1:
@@ -290,18 +291,6 @@ def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base
         yield from pool.imap_unordered(_run_in_worker, todo)
         pool.close()  # let the workers exit on their own (leaving `with` alone terminates them)
         pool.join()
-
-
-def _write_files_atomic(directory: Path, files: dict[str, bytes]) -> None:
-    """A folder of files, complete or absent: written beside, then renamed into place."""
-    tmp = directory.parent / f".{directory.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
-        (tmp / name).chmod(0o644)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
 
 
 _worker_state: tuple | None = None  # (config, inputs, base, out_dir) in a pool process

@@ -38,7 +38,7 @@ from ..decomposition.components import (
     validate_keys,
 )
 from ..errors import UserError
-from ..model.fingerprint import weights_fingerprint
+from ..model.fingerprint import check_target, weights_fingerprint
 
 SIGN_CONVENTION = (
     "s_c multiplies subcomponent c's contribution: the edited layer computes "
@@ -443,17 +443,7 @@ def load_adapter(adapter_dir: str | Path, model: nn.Module, decomposition: Compo
     if meta["format_version"] > ADAPTER_FORMAT_VERSION:
         raise UserError(f"{cfg_path} has format version {meta['format_version']}; this comptune reads up to {ADAPTER_FORMAT_VERSION}: upgrade comptune")
 
-    names = meta["target"]["weight_names"]
-    params = dict(model.named_parameters())
-    missing = [n for n in names if n not in params]
-    if missing:
-        raise UserError(f"adapter {adapter_dir} is for another model: this model has no weights {missing[:3]}")
-    fp = weights_fingerprint(model, names)
-    if fp != meta["target"]["fingerprint"]:
-        raise UserError(
-            f"adapter {adapter_dir} was trained on a model with weights fingerprint {meta['target']['fingerprint']}, "
-            f"this model's is {fp}: it belongs to another model (decomposition {meta['decomposition']['path']})"
-        )
+    check_target(model, meta["target"], f"adapter {adapter_dir}", f" (decomposition {meta['decomposition']['path']})")
 
     keys = meta["keys"]
     if decomposition is not None:

@@ -64,21 +64,12 @@ def load_edit_adapter(edit_dir: str | Path, base_model: nn.Module, decomposition
 
 def _check_peft_target(edit_dir: Path, base_model: nn.Module) -> None:
     """A peft adapter saved by comptune records the weights it was trained on; refuse other ones."""
-    from ..model.fingerprint import weights_fingerprint
+    from ..model.fingerprint import check_target
     from .methods import PEFT_TARGET_NAME
 
     record = edit_dir / PEFT_TARGET_NAME
-    if not record.is_file():  # a peft adapter made elsewhere: nothing recorded to check against
-        return
-    target = json.loads(record.read_text())["target"]
-    params = dict(base_model.named_parameters())
-    missing = [n for n in target["weight_names"] if n not in params]
-    if missing:
-        raise UserError(f"edit {edit_dir} is for another model: this model has no weights {missing[:3]}")
-    fp = weights_fingerprint(base_model, target["weight_names"])
-    if fp != target["fingerprint"]:
-        raise UserError(f"edit {edit_dir} was trained on a model with weights fingerprint {target['fingerprint']}, this model's is {fp}: "
-                        "it belongs to another model; pass the model it was trained on")
+    if record.is_file():  # a peft adapter made elsewhere has nothing recorded to check against
+        check_target(base_model, json.loads(record.read_text())["target"], f"edit {edit_dir}", "; pass the model it was trained on")
 
 
 def load_edit(edit_dir: str | Path, base_model: nn.Module, decomposition=None) -> nn.Module:

@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from .._io import share_files, write_json_atomic
+from .._io import atomic_directory, write_json_atomic
 from ..decomposition.bases import default_neuron_modules, linear_module_paths, svd_components
 from ..decomposition.components import linear_layout_weight, module_keys, module_kind, parse_component_key
 from ..errors import UserError
@@ -67,16 +65,12 @@ class TunableModel:
         `save_pretrained` (LoRA, IA3; adapter weights only). Written beside and renamed, so the
         folder is either complete or absent."""
         out_dir = Path(out_dir)
-        tmp = out_dir.parent / f".{out_dir.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if hasattr(self.model, "save_adapter"):
-            self.model.save_adapter(tmp)
-        else:
-            self.model.save_pretrained(str(tmp))
-            write_json_atomic(tmp / PEFT_TARGET_NAME, {"target": self._base_fingerprint()})
-            share_files(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
+        with atomic_directory(out_dir) as tmp:
+            if hasattr(self.model, "save_adapter"):
+                self.model.save_adapter(tmp)
+            else:
+                self.model.save_pretrained(str(tmp))
+                write_json_atomic(tmp / PEFT_TARGET_NAME, {"target": self._base_fingerprint()})
         return out_dir
 
 
