@@ -18,6 +18,7 @@ STAGE_CLIS = [
     "comptune.tuning.cli",
     "comptune.study.cli",
     "comptune.report.cli",
+    "comptune.browse.cli",
     "comptune.demo",
 ]
 

@@ -31,12 +31,9 @@ from pathlib import Path
 
 from .._io import atomic_path, write_json_atomic
 from ..errors import UserError
+from .language import LANGID_CANDIDATES, LANGID_MIN_PROB, identify_language
 
 LANGUAGES = ("en", "de", "fr", "es", "it")
-# Languages the identifier may choose from: wider than LANGUAGES so that e.g. Dutch or
-# Portuguese paragraphs are not forced onto the nearest of our five.
-LANGID_CANDIDATES = ["en", "de", "fr", "es", "it", "nl", "pt", "ca", "da", "sv", "no", "pl", "ro", "la", "eo", "cs"]
-LANGID_MIN_PROB = 0.9
 MIN_PARAGRAPH_CHARS = 25
 
 
@@ -235,27 +232,13 @@ def fortune_texts(path: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- language filtering
 
-_IDENTIFIER = None
-
-
-def _identifier():
-    global _IDENTIFIER
-    if _IDENTIFIER is None:
-        from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
-
-        _IDENTIFIER = LanguageIdentifier.from_model_file(MODEL_DIR / MODEL_FILE, norm_probs=True)  # the library's own model
-        _IDENTIFIER.set_languages(LANGID_CANDIDATES)
-    return _IDENTIFIER
-
-
 def filter_paragraphs(paragraphs: list[str], lang: str) -> tuple[list[str], int]:
     """Keep paragraphs identified as `lang` with high confidence; return (kept, number dropped)."""
-    ident = _identifier()
     kept = []
     for p in paragraphs:
         if len(p) < MIN_PARAGRAPH_CHARS:
             continue
-        pred, prob = ident.classify(p)
+        pred, prob = identify_language(p)
         if pred == lang and prob >= LANGID_MIN_PROB:
             kept.append(p)
     return kept, len(paragraphs) - len(kept)

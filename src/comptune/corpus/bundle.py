@@ -24,6 +24,7 @@ from ..errors import UserError
 SPLITS = ("train", "valid", "eval", "parallel")
 GENERAL_DOMAINS = ("manpages", "fortunes")  # general_en's sources: not the retain text's domain
 DERIVED = ("retain.en", "forget.de", "general_en", "valid.general_en", "code")
+DERIVED_LANGUAGE = {"retain.en": "en", "forget.de": "de", "general_en": "en", "valid.general_en": "en", "code": "code"}
 LANGS = ("en", "de", "fr", "es", "it", "code")
 
 

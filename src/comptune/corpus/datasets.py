@@ -64,8 +64,12 @@ def sample_blocks(name: str, tokenizer, block_len: int, max_blocks: int) -> torc
     want = max_blocks * block_len * _CHARS_PER_TOKEN_BOUND
     total = sum(len(t) for t in texts)
     if total > want:
+        # every stride-th document, then the ones after them, … until enough: a few long documents
+        # (fewer than the stride) must not leave the sample short
+        stride = max(1, total // want)
+        order = (t for offset in range(stride) for t in texts[offset::stride])
         picked, n = [], 0
-        for t in texts[:: max(1, total // want)]:
+        for t in order:
             picked.append(t[: want - n])
             n += len(picked[-1])
             if n >= want:

@@ -113,30 +113,44 @@ def _pmi(fired: Counter, overall: Counter, n_overall: int, tokenizer, top: int, 
 
 
 @torch.no_grad()
-def write_vector_effects(model, decomposition, key: str, *, top: int = 10, tokenizer=None) -> dict | None:
-    """Tokens whose logits u_c most raises / lowers along the direct path to the unembedding.
-    None for subcomponents whose output never enters the residual stream linearly (q, k)."""
-    (path, idx), = _parsed_keys(decomposition, [key])
-    u = decomposition.get_components(path).U[idx].detach().float()  # [d_out]
+def write_vector_logits(model, path: str, U: torch.Tensor) -> torch.Tensor | None:
+    """[r, V]: how much each write vector (rows of U [r, d_out], written by module `path`) raises each
+    token's logit along the direct path to the unembedding. None where the module's output never
+    enters the residual stream linearly (q, k) or is not in its basis."""
     module_name = path.rsplit(".", 1)[-1]
     if module_name in _NOT_RESIDUAL:
         return None
-    modules = dict(model.named_modules())
+    u = U.detach().float()  # [r, d_out]
     if module_name in _READER_OF:
-        reader = modules.get(f"{path.rsplit('.', 1)[0]}.{_READER_OF[module_name]}")  # sibling module
+        reader = dict(model.named_modules()).get(f"{path.rsplit('.', 1)[0]}.{_READER_OF[module_name]}")  # sibling module
         if reader is None:
             return None
-        u = reader.weight.detach().float() @ u  # [d_model]
+        u = u @ reader.weight.detach().float().T  # [r, d_model]
     unembed = model.get_output_embeddings().weight.detach().float()  # [V, d_model]
-    if u.shape[0] != unembed.shape[1]:
+    if u.shape[1] != unembed.shape[1]:
         return None  # a module whose output is not in the residual basis
     norm = getattr(model, "ln_f", None)
     if norm is not None and getattr(norm, "weight", None) is not None:
         u = u * norm.weight.detach().float()  # the final norm's gain, without its data-dependent scale
-    logits = unembed @ u  # [V]
-    up, down = logits.topk(top), (-logits).topk(top)
-    dec = (lambda i: tokenizer.decode([i])) if tokenizer is not None else str
-    return {
-        "promoted": [{"token": dec(i), "logit": round(float(v), 3)} for v, i in zip(up.values, up.indices.tolist())],
-        "suppressed": [{"token": dec(i), "logit": round(-float(v), 3)} for v, i in zip(down.values, down.indices.tolist())],
-    }
+    return u @ unembed.T  # [r, V]
+
+
+def top_logit_tokens(logits: torch.Tensor, top: int, decode) -> tuple[list[list[dict]], list[list[dict]]]:
+    """Per row of logits [r, V]: the `top` promoted and the `top` suppressed tokens."""
+    up, down = logits.topk(top, dim=-1), (-logits).topk(top, dim=-1)
+    promoted = [[{"token": decode(i), "logit": round(v, 3)} for v, i in zip(vs, ids)]
+                for vs, ids in zip(up.values.tolist(), up.indices.tolist())]
+    suppressed = [[{"token": decode(i), "logit": round(-v, 3)} for v, i in zip(vs, ids)]
+                  for vs, ids in zip(down.values.tolist(), down.indices.tolist())]
+    return promoted, suppressed
+
+
+def write_vector_effects(model, decomposition, key: str, *, top: int = 10, tokenizer=None) -> dict | None:
+    """Tokens whose logits u_c most raises / lowers along the direct path to the unembedding.
+    None for subcomponents whose output never enters the residual stream linearly (q, k)."""
+    (path, idx), = _parsed_keys(decomposition, [key])
+    logits = write_vector_logits(model, path, decomposition.get_components(path).U[idx : idx + 1])
+    if logits is None:
+        return None
+    promoted, suppressed = top_logit_tokens(logits, top, (lambda i: tokenizer.decode([i])) if tokenizer is not None else str)
+    return {"promoted": promoted[0], "suppressed": suppressed[0]}
