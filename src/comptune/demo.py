@@ -1,5 +1,5 @@
-"""`comptune demo`: the case study end to end on the bundled model and decomposition; above both
-the study (the sweep) and the report, which it runs one after the other.
+"""`comptune demo`: the case study end to end on the bundled model and decomposition; above the
+study (the sweep), the report and the browser, which it runs one after the other.
 
 The presets are the YAML files `configs/demo.yaml` (a few budgets, 2 seeds, ~10.5 minutes on two
 cores) and `configs/full.yaml` (the write-up's protocol); `comptune demo --full` is exactly
@@ -44,8 +44,25 @@ def run_demo(full: bool = False, out_dir: str | Path | None = None, workers: int
     t0 = time.perf_counter()
     run_sweep(config, out, workers=workers, device=device, log=log)
     summary = make_report(out, log=log)
+    site = build_demo_site(out, config, device=device, log=log)
     log(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; summary: {summary}")
+    if site is not None:
+        log(f"look at the decomposition's subcomponents and the demo's edits: open {site} in a browser")
     return summary
+
+
+def build_demo_site(out: Path, config: SweepConfig, device=None, log=print) -> Path | None:
+    """The component browser for the demo's decomposition, with a page for each method's edit in
+    the report (its chosen run at the largest budget); None for a study without a decomposition."""
+    from .browse.site import BrowseConfig, build_site
+    from .report.summary import load_results, rollout_picks
+
+    if config.decomposition_dir() is None:
+        return None
+    edits = [str(out / r["edit"]) for r in rollout_picks(load_results(out)).values()]
+    browse = BrowseConfig(model=str(config.model_dir()), decomposition=str(config.decomposition_dir()), blocks=16, edits=edits,
+                          edit_blocks=8, rollouts=config.rollout, title="comptune demo: the bundled decomposition and the demo's edits")
+    return build_site(browse, out / "browse", device=device, log=log)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

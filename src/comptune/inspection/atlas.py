@@ -20,18 +20,16 @@ cost about as much as a few of them:
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 
-from ..corpus.language import LANGID_MIN_PROB, dataset_language, identify_language
 from ..decomposition.components import Components, format_component_key
 from ..errors import UserError
 from .examples import top_logit_tokens, write_vector_logits
-from .labels import language_label
+from .labels import dataset_languages, example_language, language_label, language_profile
 
 SCORE_NAMES = {"components": "CI", "neurons": "activation", "svd": "activation"}
 
@@ -106,18 +104,6 @@ def _scores(model: nn.Module, decomposition, basis: Mapping[str, Components], un
     return out
 
 
-def _dataset_languages(blocks: Mapping[str, torch.Tensor], tokenizer) -> dict[str, str]:
-    """A bundled dataset's own language; any other's, the identifier's majority vote over its blocks."""
-    langs = {}
-    for name, b in blocks.items():
-        lang = dataset_language(name)
-        if lang is None:
-            votes = Counter(identify_language(tokenizer.decode(row.tolist()))[0] for row in b[:16])
-            lang = votes.most_common(1)[0][0]
-        langs[name] = lang
-    return langs
-
-
 @torch.no_grad()
 def build_atlas(model: nn.Module, tokenizer, blocks: Mapping[str, torch.Tensor], *, decomposition=None,
                 basis: Mapping[str, Components] | None = None, basis_name: str = "components",
@@ -148,7 +134,7 @@ def build_atlas(model: nn.Module, tokenizer, blocks: Mapping[str, torch.Tensor],
     log(f"atlas: scoring {sum(map(len, units.values()))} units of {len(units)} modules on {len(names)} datasets "
         f"({ids.numel()} positions)")
     scores = _scores(model, decomposition, basis, units, blocks, cfg.batch_size)
-    languages = _dataset_languages(blocks, tokenizer)
+    languages = dataset_languages(blocks, tokenizer)
     vocab = model.get_output_embeddings().weight.shape[0]
     decode_one = _cached_decoder(tokenizer)
     lang_of = _example_language(ids, T, block_dataset, names, languages, tokenizer, cfg.lang_context)
@@ -177,19 +163,14 @@ def _cached_decoder(tokenizer):
 
 def _example_language(ids: torch.Tensor, T: int, block_dataset: torch.Tensor, names: list[str], languages: dict[str, str],
                       tokenizer, context: int):
-    """lang_of(block, t): the identifier's language of the text around position t of a block; the
-    dataset's language where the identifier is unsure (short or mixed text) and for code."""
+    """lang_of(block, t): the language of the text around position t of a block (`example_language`)."""
     cache: dict[tuple[int, int], str] = {}
 
     def lang_of(block: int, t: int) -> str:
         if (block, t) not in cache:
+            lo, hi = block * T + max(0, t - context), block * T + min(T, t + context + 1)
             own = languages[names[int(block_dataset[block])]]
-            if own == "code":
-                cache[block, t] = own
-            else:
-                lo, hi = block * T + max(0, t - context), block * T + min(T, t + context + 1)
-                lang, prob = identify_language(tokenizer.decode(ids[lo:hi].tolist()))
-                cache[block, t] = lang if prob >= LANGID_MIN_PROB else own
+            cache[block, t] = own if own == "code" else example_language(tokenizer.decode(ids[lo:hi].tolist()), own)
         return cache[block, t]
 
     return lang_of
@@ -221,7 +202,10 @@ def _module_records(atlas: Atlas, path: str, idx: list[int], S: torch.Tensor, ra
     block_arg = (per_block + context).argmax(1)  # [NB, r]
     block_rank = block_max + per_block.mean(1)
     examples = _examples(atlas, S, ids, T, block_start, block_rank, block_arg, cfg)
-    label_top = block_rank.topk(min(cfg.n_label_examples, NB), dim=0)  # over every dataset
+    # over every dataset; no more than the smallest dataset has blocks, or a unit of one language
+    # could never fill the list with its own
+    n_label = min(cfg.n_label_examples, *(block_start[d + 1] - block_start[d] for d in range(len(names))))
+    label_top = block_rank.topk(n_label, dim=0)
     block_arg_l = block_arg.tolist()
     block_max_l = block_max.tolist()
     input_pmi, output_pmi = _pmi_lists(fired, ids, T, vocab, cfg, decode)
@@ -238,7 +222,7 @@ def _module_records(atlas: Atlas, path: str, idx: list[int], S: torch.Tensor, ra
         profile = {d: {"mean": round(mean_l[i][j], 5), "freq": round(freq_l[i][j], 5), "max": round(max_l[i][j], 4)}
                    for i, d in enumerate(names)}
         langs = [lang_of(b, block_arg_l[b][j]) for b in label_blocks[j] if block_max_l[b][j] > cfg.threshold]
-        label, evidence = language_label(langs, _language_profile(profile, atlas.languages), atlas.score_name, cfg.threshold)
+        label, evidence = language_label(langs, language_profile({d: p['mean'] for d, p in profile.items()}, atlas.languages), atlas.score_name, cfg.threshold)
         rec = {
             "key": key, "module": path, "layer": _layer_of(path), "index": unit,
             "freq": round(overall_freq[j], 5), "max": round(overall_max[j], 4),
@@ -253,14 +237,6 @@ def _module_records(atlas: Atlas, path: str, idx: list[int], S: torch.Tensor, ra
         if raw_max is not None:
             rec["activation_max"] = round(float(raw_max[j]), 4)
         atlas.units[key] = rec
-
-
-def _language_profile(profile: dict[str, dict], languages: dict[str, str]) -> dict[str, float]:
-    """Mean score per language (datasets of one language averaged)."""
-    by_lang: dict[str, list[float]] = {}
-    for d, p in profile.items():
-        by_lang.setdefault(languages[d], []).append(p["mean"])
-    return {lang: sum(v) / len(v) for lang, v in by_lang.items()}
 
 
 def _examples(atlas: Atlas, S: torch.Tensor, ids: torch.Tensor, T: int, block_start: list[int], block_rank: torch.Tensor,

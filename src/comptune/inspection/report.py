@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._io import versions
+from ..decomposition.components import parse_component_key
 from ..errors import UserError
+from .atlas import AtlasSettings, build_atlas
 from .examples import inspect_components, write_vector_effects
 from .stats import component_stats, rank_by_difference, rank_by_specificity
 
@@ -36,9 +38,16 @@ def inspection_report(
         ranking = rank_by_specificity(stats, target, [d for d in datasets if d != target], top=top)
     chosen = keys or [k for k, _ in ranking]
     details = inspect_components(decomposition, tokenizer, blocks, chosen, threshold=threshold)
+    # labels as the browser gives them: from the atlas of just these subcomponents
+    units: dict[str, list[int]] = {}
+    for key in chosen:
+        path, idx = parse_component_key(key)
+        units.setdefault(path, []).append(idx)
+    atlas = build_atlas(model, tokenizer, blocks, decomposition=decomposition, units=units, settings=AtlasSettings(threshold=threshold), log=lambda _: None)
     for key in chosen:
         details[key]["profile"] = stats.profile(key)
         details[key]["write_vector"] = write_vector_effects(model, decomposition, key, tokenizer=tokenizer)
+        details[key]["label"], details[key]["label_evidence"] = atlas.units[key]["label"], atlas.units[key]["evidence"]
     return {
         "config": {"datasets": datasets, "target": target, "reference": reference, "criterion": criterion, "top": top,
                    "keys": keys, "blocks_per_dataset": n_blocks, "block_len": block_len, "threshold": threshold, "seed": seed_note,
@@ -55,7 +64,7 @@ def render_text(report: dict) -> str:
     lines = [f"Ranking by mean causal importance, {crit}:"]
     lines += [f"  {i + 1:>3}. {r['key']:<28} {r['score']:+.4f}" for i, r in enumerate(report["ranking"])]
     for key, d in report["components"].items():
-        lines.append(f"\n== {key}")
+        lines.append(f"\n== {key}: {d['label']}")
         lines.append("  mean CI by dataset: " + ", ".join(f"{n} {p['mean_ci']:.4f}" for n, p in d["profile"].items()))
         lines.append("  input-token PMI:  " + ", ".join(f"{t['token']!r} {t['pmi']:.2f}" for t in d["input_pmi"][:8]))
         lines.append("  output-token PMI: " + ", ".join(f"{t['token']!r} {t['pmi']:.2f}" for t in d["output_pmi"][:8]))
