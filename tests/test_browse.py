@@ -62,9 +62,9 @@ def test_atlas_covers_every_subcomponent_and_matches_component_stats(bundled, bl
 
 
 def test_atlas_examples_and_pmi_equal_inspect_components(bundled, blocks, atlas):
-    """Two computations of the same thing: the atlas's whole-tensor pass and inspect_components'
-    per-key loop give the same PMI of every token (lists long enough to hold them all), and each
-    example's top CI is the block's largest."""
+    """SEMANTICS S9.1. Two computations of the same thing: the atlas's whole-tensor pass and
+    inspect_components' per-key loop give the same PMI of every token (lists long enough to hold them
+    all), and each example's top CI is its block's largest."""
     model, tokenizer, decomposition = bundled
     keys = [GERMAN, "h.1.attn.v_proj:10"]
     everything = 10**6
@@ -87,7 +87,12 @@ def test_atlas_examples_and_pmi_equal_inspect_components(bundled, blocks, atlas)
 
 
 def test_the_german_unit_is_labelled_german(atlas):
+    """SEMANTICS S9.3, SEMANTICS S9.4: the bundled German unit's top examples are German and its
+    label says so. SEMANTICS S9.2: its CI saturates at 1 in German blocks, so among the tied top
+    positions each example shows the one with a full left window."""
     unit = atlas.units[GERMAN]
+    german = unit["examples"]["train.de"]
+    assert len(german) == 4 and all(ex["score"] == 1.0 and ex["at"] == 12 and len(ex["ids"]) == 17 for ex in german)
     assert unit["label"].startswith("German ("), unit["label"]
     assert unit["evidence"]["example_languages"]["de"] >= 0.6
     assert unit["write"] is not None and len(unit["write"]["promoted"]) == 8
@@ -96,6 +101,7 @@ def test_the_german_unit_is_labelled_german(atlas):
 
 
 def test_language_label_rules():
+    """SEMANTICS S9.4: one language, several, all, inactive."""
     german, _ = language_label(["de"] * 9 + ["en"], {"de": 0.77, "en": 0.07, "fr": 0.05})
     assert german == "German (90 % of top examples; CI 0.77 de vs 0.07 en)"
     several, evidence = language_label(["de"] * 5 + ["it"] * 4 + ["en"], {"de": 0.5, "it": 0.4, "en": 0.02})
@@ -148,11 +154,15 @@ class _ChatHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+def _serve_chat(rate_limit_first: bool):
+    server = _ChatServer(rate_limit_first)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @pytest.fixture
 def chat_server():
-    server = _ChatServer(rate_limit_first=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = _serve_chat(rate_limit_first=True)
     yield server
     server.shutdown()
 
@@ -208,16 +218,39 @@ def scan_file(bundled, tmp_path_factory):
 @pytest.fixture(scope="module")
 def site(scan_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("browse") / "site"
+    chat = _serve_chat(rate_limit_first=False)
+    os.environ["COMPTUNE_TEST_KEY"] = "secret"
+    autointerp = {"base_url": f"http://127.0.0.1:{chat.server_port}/v1", "model": "tiny-labeller", "api_key_env": "COMPTUNE_TEST_KEY",
+                  "max_units": 3, "cache_dir": str(tmp_path_factory.mktemp("autointerp"))}
     config = BrowseConfig(datasets=["train.de", "train.en", "train.code"], blocks=4, block_len=64, edits=[str(p) for p in EDITS.values()],
-                          scans=[str(scan_file)], edit_blocks=2, rollouts={"prompts": {"de": "Um das Paket zu installieren"}, "max_new_tokens": 4})
-    index = build_site(config, out, log=lambda _: None)
+                          scans=[str(scan_file)], edit_blocks=2, rollouts={"prompts": {"de": "Um das Paket zu installieren"}, "max_new_tokens": 4},
+                          autointerp=autointerp)
+    try:
+        index = build_site(config, out, log=lambda _: None)
+    finally:
+        chat.shutdown()
+        del os.environ["COMPTUNE_TEST_KEY"]
     assert index == out / "index.html"
     return out
+
+
+def test_site_is_served_on_localhost(site):
+    import urllib.request
+
+    from comptune.browse.site import serve
+
+    server = serve(site, 0, block=False)
+    try:
+        html = urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/index.html", timeout=10).read().decode()
+        assert "data/index.js" in html
+    finally:
+        server.shutdown()
 
 
 def test_site_files_and_manifest(site):
     meta = json.loads((site / MARKER).read_text())
     assert meta["kind"] == "comptune-browse" and meta["config"]["blocks"] == 4 and meta["versions"]["torch"]
+    assert meta["autointerp"]["requested"] == 3 and not meta["autointerp"]["failed"]
     assert len(list((site / "data" / "units" / "components").glob("*.js"))) == 24
     # the neuron edit's unit has a page in the neuron basis
     assert (site / "data" / "units" / "neurons").is_dir()
@@ -261,6 +294,8 @@ def test_bad_input_errors(tmp_path):
         build_site(BrowseConfig(datasets=["train.xx"], blocks=1, block_len=32), tmp_path / "a", log=lambda _: None)
     with pytest.raises(FileNotFoundError, match="no saved edit"):
         build_site(BrowseConfig(edits=[str(tmp_path)]), tmp_path / "b", log=lambda _: None)
+    with pytest.raises(UserError, match="exceeds the model's context of 256 tokens"):
+        build_site(BrowseConfig(datasets=["train.de"], blocks=1, block_len=4096), tmp_path / "d", log=lambda _: None)
     assert main(["browse", "--out", str(tmp_path / "c"), "--autointerp-url", "http://127.0.0.1:1/v1"]) == 2
     with pytest.raises(Exception, match="blocks"):
         BrowseConfig(blocks=0)
@@ -355,6 +390,7 @@ def test_unit_page_in_chromium_shades_tokens_by_ci(site, page):
     page.goto((site / "unit.html").as_uri() + f"?basis=components&key={GERMAN}")
     page.wait_for_selector(".example")
     assert page.locator("#label").inner_text().startswith("German (")
+    assert page.locator("#autointerp").inner_text() == f"German function words ({GERMAN})"  # edited units are labelled first
     tokens = page.locator(".example .tok")
     assert tokens.count() > 10
     tops = page.locator(".example .tok.top")

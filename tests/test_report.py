@@ -135,3 +135,21 @@ def test_report_robustness_section_attacks_each_chosen_edit_once(finished, tmp_p
     text2 = make_report(results, tmp_path / "r2", rollouts=False, log=lambda s: None).read_text()
     assert "## Robustness of the chosen edits" in text2
     assert [p.stat().st_mtime_ns for p in cached] == stamps
+
+
+def test_demo_builds_a_browser_for_its_study(finished, tmp_path):  # noqa: F811
+    import shutil
+
+    from comptune.browse.site import MARKER
+    from comptune.demo import build_demo_site
+    from comptune.report.summary import load_results, rollout_picks
+
+    config, results = finished
+    study = tmp_path / "study"
+    shutil.copytree(results, study)
+    site = build_demo_site(study, config, log=lambda s: None)
+    assert site == study / "browse" / "index.html" and site.is_file()
+    meta = json.loads((study / "browse" / MARKER).read_text())
+    picks = rollout_picks(load_results(study))
+    assert len(meta["config"]["edits"]) == len(picks) > 0
+    assert len(list((study / "browse" / "data" / "edits").glob("*.js"))) == len(picks)

@@ -35,7 +35,7 @@ class BrowseConfig(StrictConfig):
     decomposition: str | None = None  # None: the bundled decomposition
     datasets: list[str] = Field(default_factory=lambda: list(DEFAULT_DATASETS), min_length=1)
     blocks: int = Field(32, ge=1)  # per dataset
-    block_len: int = Field(128, ge=8)
+    block_len: int | None = Field(None, ge=8)  # None: 128 tokens, or the model's context if shorter
     threshold: float = Field(0.1, gt=0, lt=1)
     examples: int = Field(5, ge=1)  # per dataset and unit
     edits: list[str] = []  # adapter folders to give a page each
@@ -91,7 +91,7 @@ def build_site(config: BrowseConfig, out: str | Path, *, force: bool = False, de
     """Build the site into `out`; returns its index.html."""
     from ..corpus.bundle import bundled_decomposition_dir, bundled_model_dir
     from ..decomposition import Decomposition
-    from ..model.loading import load_model_and_tokenizer
+    from ..model.loading import context_length, load_model_and_tokenizer
     from .edits import edit_records
 
     out = Path(out)
@@ -105,12 +105,16 @@ def build_site(config: BrowseConfig, out: str | Path, *, force: bool = False, de
             raise FileNotFoundError(f"--edit {e} holds no saved edit (no adapter_config.json)")
     model, tokenizer = load_model_and_tokenizer(model_dir, device=device)
     decomposition = Decomposition.load(decomposition_dir, model)  # refuses another model's decomposition, naming both fingerprints
-    blocks = {k: v.to(device) if device else v for k, v in _blocks(config.datasets, tokenizer, config.block_len, config.blocks).items()}
+    context = context_length(model)
+    if config.block_len is not None and context is not None and config.block_len > context:
+        raise UserError(f"--block-len {config.block_len} exceeds the model's context of {context} tokens; give at most {context}")
+    block_len = config.block_len or min(128, context or 128)
+    blocks = {k: v.to(device) if device else v for k, v in _blocks(config.datasets, tokenizer, block_len, config.blocks).items()}
     settings = AtlasSettings(threshold=config.threshold, n_examples=config.examples)
     atlases = [build_atlas(model, tokenizer, blocks, decomposition=decomposition, settings=settings, log=log)]
     edits = []
     if config.edits:
-        eval_blocks = _blocks(config.edit_datasets, tokenizer, config.block_len, config.edit_blocks)
+        eval_blocks = _blocks(config.edit_datasets, tokenizer, block_len, config.edit_blocks)
         edits = edit_records(config.edits, model, tokenizer, decomposition, eval_blocks, list(config.rollouts.prompts.values()),
                              config.rollouts.max_new_tokens, log=log)
     # units of other bases that a scan or an edit uses get pages too
@@ -147,7 +151,7 @@ def build_site(config: BrowseConfig, out: str | Path, *, force: bool = False, de
         "seed": "deterministic (no sampling; greedy rollouts)", "seconds": None, "autointerp": autointerp_report, "versions": versions(),
     }
     with atomic_directory(out) as tmp:
-        _write(tmp, atlases, edits, tokenizer, config, meta)
+        _write(tmp, atlases, edits, tokenizer, config, meta, block_len)
         meta["seconds"] = round(time.perf_counter() - start, 1)
         write_json_atomic(tmp / MARKER, meta)
     log(f"browse: {sum(len(a.units) for a in atlases)} unit pages, {len(edits)} edit pages in {meta['seconds']:.0f} s → {out / 'index.html'}")
@@ -184,7 +188,7 @@ def _js(var: str, obj) -> str:
     return f"{var} = {text};\n"
 
 
-def _write(root: Path, atlases: list[Atlas], edits: list[dict], tokenizer, config: BrowseConfig, meta: dict) -> None:
+def _write(root: Path, atlases: list[Atlas], edits: list[dict], tokenizer, config: BrowseConfig, meta: dict, block_len: int) -> None:
     assets = resources.files("comptune") / "assets" / "browse"
     (root / "assets").mkdir()
     for name in ("browse.css", "common.js", "index.js", "unit.js", "edit.js"):
@@ -215,7 +219,7 @@ def _write(root: Path, atlases: list[Atlas], edits: list[dict], tokenizer, confi
     site = {
         "title": config.title or f"comptune browse · {Path(meta['decomposition']).name}",
         "subtitle": f"{len(main.units)} units of {Path(meta['decomposition']).name} on {Path(meta['model']).name}; "
-                    f"{config.blocks} blocks × {config.block_len} tokens of {', '.join(main.datasets)}",
+                    f"{config.blocks} blocks × {block_len} tokens of {', '.join(main.datasets)}",
         "basis": main.basis, "score_name": main.score_name, "threshold": main.settings.threshold,
         "datasets": main.datasets, "languages": main.languages, "unit_files": unit_files,
         "edits": [{"id": e["id"], "name": e["name"], "basis": e["basis"], "keys": [s["key"] for s in e["scales"]]} for e in edits],
@@ -223,13 +227,18 @@ def _write(root: Path, atlases: list[Atlas], edits: list[dict], tokenizer, confi
     (data / "site.js").write_text(_js("window.SITE", site), encoding="utf-8")
 
 
-def serve(site_dir: str | Path, port: int) -> None:
-    """Serve a built site on 127.0.0.1:`port` until interrupted (the site also opens from disk)."""
+def serve(site_dir: str | Path, port: int, *, block: bool = True):
+    """Serve a built site on 127.0.0.1:`port` (0: any free port) until interrupted; with
+    `block=False`, start it in a thread and return the server (its `shutdown()` stops it)."""
     import functools
     import http.server
+    import threading
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site_dir))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
-        print(f"serving {site_dir} on http://127.0.0.1:{port}/index.html (Ctrl-C stops)")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    if not block:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        return httpd
+    print(f"serving {site_dir} on http://127.0.0.1:{httpd.server_port}/index.html (Ctrl-C stops)")
+    with httpd:
         httpd.serve_forever()
-
