@@ -67,7 +67,8 @@ def test_family_end_to_end_through_the_cli(family, tmp_path, capsys):
     assert main(["inspect", "--decomposition", str(dec), "--model", str(model_dir), "--datasets", str(tmp_path / "de.txt"), str(tmp_path / "en.txt"),
                  "--target", str(tmp_path / "de.txt"), "--reference", str(tmp_path / "en.txt"), "--keys", key, "--blocks", "4",
                  "--block-len", "16", "--out", str(tmp_path / "inspect.json")]) == 0
-    assert key in (tmp_path / "inspect.json").read_text()
+    inspected = json.loads((tmp_path / "inspect.json").read_text())["components"][key]
+    assert inspected["label"] and inspected["label_evidence"]["profile"]  # datasets given as files: languages identified
     run = tmp_path / "tune"
     assert main(["tune", "--model", str(model_dir), "--decomposition", str(dec), "--keys", key, "--forget", str(tmp_path / "de.txt"),
                  "--retain", str(tmp_path / "en.txt"), "--budget", "8", "--max-steps", "3", "--seq-len", "16", "--lr", "0.5",
