@@ -246,13 +246,33 @@ def test_prefix_cache_gives_the_plain_steps_losses_and_parameters(make_model, ca
         block0_passes.append(len(calls))
     (cached, cached_result), (plain, plain_result) = runs
     steps = cfg.max_steps
-    # block 0 runs in the unedited passes only: the forget sequences once, each retain batch once;
-    # a gated edit adds its CI passes (forget once, each retain batch once) in both modes
-    assert block0_passes == ([2 + 2 * steps, 1 + 4 * steps] if case == "ci_gated" else [1 + steps, 3 * steps])
+    # block 0 runs in the unedited passes only: the forget sequences once, each retain batch once.
+    # A gated edit's CI reads the inputs captured in those passes; without the cache the forget
+    # sequences have no unedited pass, so their gates take one CI forward of their own
+    assert block0_passes == ([1 + steps, 1 + 3 * steps] if case == "ci_gated" else [1 + steps, 3 * steps])
     assert torch.allclose(torch.tensor(cached_result.loss_history), torch.tensor(plain_result.loss_history), rtol=1e-5, atol=1e-6)
     assert plain_result.loss_history[-1] != plain_result.loss_history[0]  # the parameters moved
     for a, b in zip(cached.parameters, plain.parameters):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gates_from_captured_inputs_equal_the_decompositions_own_ci(make_model):
+    """A gated edit's gates from the module inputs of an unedited forward equal those of the
+    decomposition's own clean forward (`compute_gates`)."""
+    from comptune.tuning import apply_component_scale
+    from comptune.tuning.component_scale import ComponentScaleConfig
+
+    model = make_model()
+    decomposition = _gated_decomposition(make_model())
+    edited = apply_component_scale(model, decomposition, ["h.1.attn.v_proj:2", "h.1.attn.v_proj:5"], ComponentScaleConfig(ci_threshold=0.3))
+    edited.set_scales({"h.1.attn.v_proj:2": -3.0, "h.1.attn.v_proj:5": 2.0})
+    ids = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), edited.disable_adapter(), edited.capturing_ci_inputs() as captured:
+        edited(input_ids=ids)
+    assert set(captured) == set(decomposition.module_paths)
+    fast, slow = edited.gates_from_inputs(captured), edited.compute_gates(ids)
+    assert fast.keys() == slow.keys() and all(torch.equal(fast[p], slow[p]) for p in fast)
+    assert 0 < float(fast["h.1.attn.v_proj"].mean()) < 1  # some positions gated, some not
 
 
 def test_non_finite_loss_restores_the_last_good_step(make_model):

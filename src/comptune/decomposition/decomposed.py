@@ -193,6 +193,11 @@ class Decomposition(nn.Module):
             target_logits=target_logits,
         )
 
+    def lower_ci(self, pre_weight_acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The lower (masking) CI {path: [B, T, C]} from the decomposed modules' inputs of a clean
+        forward the caller already ran: `causal_importance(ids).lower` without its own forward."""
+        return {p: lower_leaky_hard_sigmoid(z, self.ci_config.leaky_alpha) for p, z in self.ci_logits(pre_weight_acts).items()}
+
     def ci_logits(self, pre_weight_acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Pre-sigmoid CI logits {path: [B, T, C]} from the pre-weight activations."""
         dtype = self.get_components(self.module_paths[0]).V.dtype

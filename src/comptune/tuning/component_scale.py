@@ -241,6 +241,27 @@ class ComponentScaleModel(nn.Module):
         return self.gates_from_ci(ci)
 
     @contextmanager
+    def capturing_ci_inputs(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Around a forward of the unedited model (`disable_adapter()`): yields a dict that then holds
+        the decomposed modules' inputs, from which `gates_from_inputs` gives this batch's gates
+        without the decomposition's own clean forward."""
+        if self.decomposition is None:
+            raise UserError("capturing CI inputs needs the decomposition (pass decomposition= to apply_component_scale/load_adapter)")
+        acts: dict[str, torch.Tensor] = {}
+        handles = [self.model.get_submodule(p).register_forward_pre_hook(lambda mod, args, p=p: acts.__setitem__(p, args[0].detach()))
+                   for p in self.decomposition.module_paths]
+        try:
+            yield acts
+        finally:
+            for h in handles:
+                h.remove()
+
+    def gates_from_inputs(self, pre_weight_acts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Gates from the decomposed modules' inputs captured on a clean forward (`capturing_ci_inputs`)."""
+        with torch.no_grad():
+            return self.gates_from_ci(self.decomposition.lower_ci(dict(pre_weight_acts)))
+
+    @contextmanager
     def gated(self, gates: Mapping[str, torch.Tensor]) -> Iterator[None]:
         """Run forwards with precomputed gates (e.g. from CI you already have for this batch)."""
         for path, layer in self._layers.items():

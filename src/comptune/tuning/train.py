@@ -8,7 +8,8 @@ token is context only. Retain data: fresh random windows of the retain stream ev
 A step costs what it must: for an edit confined to block ℓ and later, the frozen blocks before ℓ
 run once for the fixed forget sequences (at the start) and once per retain batch (in the
 unedited pass that gives the original logits); the edited passes replay their output. A CI-gated
-edit's gates are likewise computed once for the forget sequences and once per retain batch.
+edit's gates are likewise computed once for the forget sequences and once per retain batch, from
+the decomposed modules' inputs captured in that unedited pass (no second clean forward).
 """
 
 from __future__ import annotations
@@ -130,11 +131,12 @@ class _FrozenPrefix:
         saved: dict = {}
         with torch.no_grad(), self.net.disable_adapter(), ExitStack() as stack:
             outputs = stack.enter_context(recording(self.blocks, [self.first - 1])) if self.first else {}
+            ci_inputs = stack.enter_context(self.net.capturing_ci_inputs()) if self.gated else {}
             yield saved
         if self.first:
             saved["prefix"] = outputs[self.first - 1]
-        if self.gated:
-            saved["gates"] = self.net.compute_gates(ids)
+        if self.gated:  # from the unedited forward just run; without one (nothing to cache), CI's own forward
+            saved["gates"] = self.net.gates_from_inputs(ci_inputs) if ci_inputs else self.net.compute_gates(ids)
 
     def logits(self, ids: torch.Tensor, saved: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The edited model's logits on `ids` (rows `rows` of the input `saved` was recorded on)."""
