@@ -25,7 +25,8 @@ from comptune.model.loading import load_model_and_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_EDITS = ROOT / "studies" / "study-v2" / "edits"
-EDITS = {"single": STUDY_EDITS / "104df785ef4dd056", "neuron_single": STUDY_EDITS / "a4b48e59cbc24d1f", "lora_r1": STUDY_EDITS / "4fec6b66dfc63759"}
+EDITS = {"single": STUDY_EDITS / "104df785ef4dd056", "neuron_single": STUDY_EDITS / "a4b48e59cbc24d1f", "lora_r1": STUDY_EDITS / "4fec6b66dfc63759",
+         "svd_single": STUDY_EDITS / "316e36882ca730f4"}
 ARTIFACTS = ROOT / "test-artifacts" / "browse"
 GERMAN = "h.3.mlp.down_proj:69"
 
@@ -252,8 +253,8 @@ def test_site_files_and_manifest(site):
     assert meta["kind"] == "comptune-browse" and meta["config"]["blocks"] == 4 and meta["versions"]["torch"]
     assert meta["autointerp"]["requested"] == 3 and not meta["autointerp"]["failed"]
     assert len(list((site / "data" / "units" / "components").glob("*.js"))) == 24
-    # the neuron edit's unit has a page in the neuron basis
-    assert (site / "data" / "units" / "neurons").is_dir()
+    # the neuron and SVD edits' units have pages in their own bases
+    assert (site / "data" / "units" / "neurons").is_dir() and (site / "data" / "units" / "svd").is_dir()
     unit_js = (site / "data" / "units" / "components" / "h.3.mlp.down_proj.js").read_text()
     assert '"scan":' in unit_js and "</script" not in unit_js
 
@@ -423,5 +424,11 @@ def test_edit_and_neuron_pages_in_chromium(site, page):
     page.goto((site / "edit.html").as_uri() + "?id=2")
     page.wait_for_selector("#ce")
     assert "LoRA rank 1" in page.locator("main").inner_text()
+    page.goto((site / "edit.html").as_uri() + "?id=3")
+    page.wait_for_selector("#scales")
+    assert "svd_scale" in page.locator("h2").first.inner_text()
+    page.locator("#scales a").first.click()
+    page.wait_for_selector(".example")
+    assert "svd basis" in page.locator("h2").first.inner_text()
     page.goto((site / "unit.html").as_uri() + "?basis=components&key=h.9.nope:1")
     assert "no unit" in page.locator(".error").inner_text()
