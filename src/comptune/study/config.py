@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictConfig
 from ..errors import UserError, UserKeyError
-from ..tuning.config import SCALAR_METHODS, Method
+from ..tuning.config import SCALAR_METHODS, Method, TrainSettings
 
 BUNDLED = "bundled"
 LORA_METHODS = ("lora", "lora_local")
@@ -99,19 +99,6 @@ class MethodSpec(StrictConfig):
         if self.method != "lora" and self.lora_rank != 1:
             raise UserError(f"method {self.name!r}: lora_rank only applies to method lora (localised LoRA is rank 1)")
         return self
-
-
-class TrainSettings(StrictConfig):
-    """Trainer settings shared by every run (passed into `TuneConfig`); the study's are patience
-    300 / ceiling 3000."""
-
-    seq_len: int = Field(default=128, ge=2)
-    forget_batch_size: int | None = Field(default=None, ge=1)
-    retain_batch_size: int = Field(default=8, ge=1)
-    ema_decay: float = Field(default=0.99, ge=0, lt=1)
-    min_delta: float = Field(default=1e-4, ge=0)
-    patience: int = Field(default=300, ge=1)
-    max_steps: int = Field(default=3000, ge=1)
 
 
 class EvalSettings(StrictConfig):

@@ -31,7 +31,24 @@ class Selection(StrictConfig):
         return self
 
 
-class TuneConfig(StrictConfig):
+class TrainSettings(StrictConfig):
+    """How a run trains, whatever it edits: its batches and when it stops (a sweep's `train:` block
+    sets these for every run)."""
+
+    # batches: forget text cut into sequences of seq_len tokens (first token context only);
+    # retain windows of seq_len tokens drawn fresh every step
+    seq_len: int = Field(default=128, ge=2)
+    forget_batch_size: int | None = Field(default=None, ge=1)  # forget sequences per step; None = all
+    retain_batch_size: int = Field(default=8, ge=1)
+    # convergence: stop when the EMA of the loss has not improved by min_delta for `patience` steps
+    # (the write-up: patience 300 within a ceiling of 3000)
+    ema_decay: float = Field(default=0.99, ge=0, lt=1)
+    min_delta: float = Field(default=1e-4, ge=0)
+    patience: int = Field(default=300, ge=1)
+    max_steps: int = Field(default=3000, ge=1)
+
+
+class TuneConfig(TrainSettings):
     method: Method = "component_scale"
     selection: Selection = Field(default_factory=Selection)
     # forget budget: exactly this many predicted forget tokens (the study: 2 … 2048)
@@ -45,16 +62,6 @@ class TuneConfig(StrictConfig):
     lambda_retain: float = Field(default=1.0, ge=0)
     l1: float = Field(default=0.0, ge=0)  # coefficient on Σ|s − 1| (scalar methods)
     ci_threshold: float | None = Field(default=None, ge=0, lt=1)  # CI-gated scaling (component_scale)
-    # batches: forget text cut into sequences of seq_len tokens (first token context only);
-    # retain windows of seq_len tokens drawn fresh every step
-    seq_len: int = Field(default=128, ge=2)
-    forget_batch_size: int | None = Field(default=None, ge=1)  # forget sequences per step; None = all
-    retain_batch_size: int = Field(default=8, ge=1)
-    # convergence: stop when the EMA of the loss has not improved by min_delta for `patience` steps
-    ema_decay: float = Field(default=0.99, ge=0, lt=1)
-    min_delta: float = Field(default=1e-4, ge=0)
-    patience: int = Field(default=300, ge=1)
-    max_steps: int = Field(default=3000, ge=1)
 
     @model_validator(mode="after")
     def _method_options(self):
