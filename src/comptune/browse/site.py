@@ -91,6 +91,7 @@ def build_site(config: BrowseConfig, out: str | Path, *, force: bool = False, de
     """Build the site into `out`; returns its index.html."""
     from ..corpus.bundle import bundled_decomposition_dir, bundled_model_dir
     from ..decomposition import Decomposition
+    from ..decomposition.bases import neuron_components, svd_components
     from ..model.loading import context_length, load_model_and_tokenizer
     from .edits import edit_records
 
@@ -125,14 +126,11 @@ def build_site(config: BrowseConfig, out: str | Path, *, force: bool = False, de
     for e in edits:
         for s in e["scales"]:
             _want(wanted, e["basis"], s["key"])
+    other_bases = {"neurons": neuron_components, "svd": svd_components}  # an edit's own vectors ("vectors") get no pages
     for basis, units in wanted.items():
-        if basis == "components" or not units:
-            continue
-        from ..decomposition.bases import neuron_components, svd_components
-
-        make = neuron_components if basis == "neurons" else svd_components
-        atlases.append(build_atlas(model, tokenizer, blocks, basis=make(model, sorted(units)), basis_name=basis,
-                                   units={p: sorted(js) for p, js in units.items()}, settings=settings, log=log))
+        if basis in other_bases:
+            atlases.append(build_atlas(model, tokenizer, blocks, basis=other_bases[basis](model, sorted(units)), basis_name=basis,
+                                       units={p: sorted(js) for p, js in units.items()}, settings=settings, log=log))
     for atlas in atlases:
         for key, scan in scans.get(atlas.basis, {}).items():
             if key in atlas.units:
