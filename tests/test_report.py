@@ -135,6 +135,18 @@ def test_report_robustness_section_attacks_each_chosen_edit_once(finished, tmp_p
     text2 = make_report(results, tmp_path / "r2", rollouts=False, log=lambda s: None).read_text()
     assert "## Robustness of the chosen edits" in text2
     assert [p.stat().st_mtime_ns for p in cached] == stamps
+    # a cached record of a run that is no longer a pick (a grown study chose another lr) is not shown
+    from comptune.report.robustness import cached_robustness
+    from comptune.report.summary import load_results
+
+    stale = json.loads(cached[0].read_text())
+    stale["run"]["run_id"] = "0" * 16
+    (cached[0].parent / "run-stale.json").write_text(json.dumps(stale))
+    try:
+        _, records = cached_robustness(load_results(results))
+        assert sorted(r["run"]["run_id"] for r in records) == sorted(json.loads(p.read_text())["run"]["run_id"] for p in cached)
+    finally:
+        (cached[0].parent / "run-stale.json").unlink()
 
 
 def test_demo_builds_a_browser_for_its_study(finished, tmp_path):  # noqa: F811

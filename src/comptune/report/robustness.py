@@ -59,15 +59,18 @@ def _config_dir(res: SweepResults, config: AttackConfig) -> Path:
 
 
 def cached_robustness(res: SweepResults) -> tuple[AttackConfig, list[dict]] | None:
-    """The most recently written robustness results of this study, if any (no compute)."""
+    """The most recently written robustness results of this study for its current picks, if any (no compute)."""
     root = res.directory / ROBUSTNESS_DIR
     dirs = sorted((d for d in root.glob("*") if (d / "config.json").is_file()), key=lambda d: (d / "config.json").stat().st_mtime) if root.is_dir() else []
     if not dirs:
         return None
     d = dirs[-1]
-    config = AttackConfig.model_validate(_read(d / "config.json")["config"])
+    written = _read(d / "config.json")
+    config = AttackConfig.model_validate(written["config"])
+    # only the runs that are picks now: a grown study may have chosen another lr since
+    current = {r["run_id"] for r in robustness_picks(res, written.get("budgets") or sorted({r["budget"] for r in res.chosen_rows}))}
     order = {m: i for i, m in enumerate(res.methods)}
-    records = [_read(p) for p in d.glob("run-*.json")]
+    records = [rec for rec in map(_read, d.glob("run-*.json")) if rec["run"]["run_id"] in current]
     return config, sorted(records, key=lambda r: (order.get(r["run"]["method"], len(order)), r["run"]["budget"]))
 
 
