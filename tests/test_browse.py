@@ -293,6 +293,10 @@ def test_bad_input_errors(tmp_path):
 
     with pytest.raises(UserError, match="unknown dataset 'train.xx'"):
         build_site(BrowseConfig(datasets=["train.xx"], blocks=1, block_len=32), tmp_path / "a", log=lambda _: None)
+    not_a_scan = tmp_path / "scan.json"
+    not_a_scan.write_text('{"config": {}}')
+    with pytest.raises(UserError, match="is not a dose-scan report"):
+        build_site(BrowseConfig(scans=[str(not_a_scan)]), tmp_path / "e", log=lambda _: None)
     with pytest.raises(FileNotFoundError, match="no saved edit"):
         build_site(BrowseConfig(edits=[str(tmp_path)]), tmp_path / "b", log=lambda _: None)
     with pytest.raises(UserError, match="exceeds the model's context of 256 tokens"):

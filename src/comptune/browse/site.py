@@ -80,8 +80,6 @@ def _scan_records(paths: list[str]) -> dict[str, dict[str, dict]]:
                 out.setdefault(cfg["basis"], {})[c["key"]] = {
                     "target": cfg["target"], "reference": cfg["reference"], "bound": cfg["bound"],
                     "best_gain": c["best_gain"], "best_s": c["best_s"], "best_damage": c["best_damage"], "curve": c["curve"]}
-        except FileNotFoundError:
-            raise
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{p} is not a dose-scan report (comptune inspect --scan --out): {e}") from None
     return out

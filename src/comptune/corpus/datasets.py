@@ -58,24 +58,34 @@ def sample_blocks(name: str, tokenizer, block_len: int, max_blocks: int) -> torc
     The bundled training splits hold tens of MB of text; tokenizing all of it to keep a few dozen
     blocks would dominate a sweep's start-up. Documents are taken with a stride through the whole
     dataset until about `max_blocks · block_len · 16` characters are collected."""
-    from .loading import tokenize_to_blocks
-
     texts = dataset_texts(name)
     want = max_blocks * block_len * _CHARS_PER_TOKEN_BOUND
     total = sum(len(t) for t in texts)
-    if total > want:
-        # every stride-th document, then the ones after them, … until enough: a few long documents
-        # (fewer than the stride) must not leave the sample short
-        stride = max(1, total // want)
-        order = (t for offset in range(stride) for t in texts[offset::stride])
+    if total <= want:
+        return _blocks_of(name, tokenizer, texts, block_len, max_blocks)
+    stride = max(1, total // want)
+    # every stride-th document until enough characters; only if those give fewer than max_blocks
+    # blocks (a few short documents where the stride skips long ones) the documents after them too,
+    # so every sample that was already full stays exactly what it was
+    for offsets in (1, stride):
         picked, n = [], 0
-        for t in order:
+        for t in (t for offset in range(offsets) for t in texts[offset::stride]):
             picked.append(t[: want - n])
             n += len(picked[-1])
             if n >= want:
                 break
-        texts = picked
+        blocks = _blocks_of(name, tokenizer, picked, block_len, max_blocks, short_ok=offsets == 1 < stride)
+        if len(blocks) >= max_blocks:
+            break
+    return blocks
+
+
+def _blocks_of(name: str, tokenizer, texts: list[str], block_len: int, max_blocks: int, short_ok: bool = False) -> torch.Tensor:
+    from .loading import tokenize_to_blocks
+
     try:
         return tokenize_to_blocks(tokenizer, texts, block_len, max_blocks=max_blocks)
     except ValueError as e:
+        if short_ok:  # not even one block yet: the second pass takes more documents
+            return torch.empty(0, block_len, dtype=torch.long)
         raise UserError(f"dataset {name!r}: {e}") from None
