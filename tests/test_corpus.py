@@ -95,3 +95,29 @@ def test_validation_sets_represent_what_is_evaluated():
         ce = block_ce(name)
         assert (ce < 1.0).float().mean() <= 0.25, (name, ce)
     assert (block_ce("valid.en") < 1.0).float().mean() > 0.25  # why the default is not valid.en
+
+
+def test_sample_blocks_fills_a_sample_of_few_long_documents():
+    """train.code holds few, long documents: a stride through it used to stop after one or two
+    documents and return fewer blocks than asked (4 × 64 gave 1). The sample is full now, and a
+    sample the first strided pass already fills is exactly that pass's, as before (committed
+    studies' selection and evaluation blocks do not move)."""
+    import torch
+
+    from comptune.corpus.datasets import sample_blocks
+    from comptune.corpus.loading import tokenize_to_blocks
+    from comptune.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(bundle.bundled_model_dir())
+    for n in (1, 4, 16):
+        assert sample_blocks("train.code", tokenizer, 64, n).shape == (n, 64)
+    texts = bundle.bundled_texts("valid.de")
+    want = 32 * 128 * 16
+    stride = sum(map(len, texts)) // want
+    picked, got = [], 0
+    for t in texts[::stride]:  # the first pass alone fills this one
+        picked.append(t[: want - got])
+        got += len(picked[-1])
+        if got >= want:
+            break
+    assert torch.equal(sample_blocks("valid.de", tokenizer, 128, 32), tokenize_to_blocks(tokenizer, picked, 128, max_blocks=32))
