@@ -436,3 +436,18 @@ def test_edit_and_neuron_pages_in_chromium(site, page):
     assert "svd basis" in page.locator("h2").first.inner_text()
     page.goto((site / "unit.html").as_uri() + "?basis=components&key=h.9.nope:1")
     assert "no unit" in page.locator(".error").inner_text()
+
+
+def test_cli_flags_override_the_config_file(tmp_path):
+    from comptune.browse.cli import config_from_args
+    from comptune.cli import build_parser
+
+    (tmp_path / "browse.yaml").write_text("blocks: 8\nthreshold: 0.2\nautointerp: {base_url: 'http://127.0.0.1:9/v1', model: m}\n")
+    args = build_parser().parse_args(["browse", "--config", str(tmp_path / "browse.yaml"), "--blocks", "3", "--edit", "a", "--edit", "b",
+                                      "--data", "train.de", "x.txt"])
+    config = config_from_args(args)
+    assert (config.blocks, config.threshold, config.edits, config.datasets) == (3, 0.2, ["a", "b"], ["train.de", "x.txt"])
+    assert config.autointerp.model == "m" and config.autointerp.api_key_env == "OPENAI_API_KEY"
+    (tmp_path / "bad.yaml").write_text("blokcs: 8\n")
+    with pytest.raises(Exception, match="blokcs"):
+        config_from_args(build_parser().parse_args(["browse", "--config", str(tmp_path / "bad.yaml")]))

@@ -3,7 +3,8 @@ study (the sweep), the report and the browser, which it runs one after the other
 
 The presets are the YAML files `configs/demo.yaml` (a few budgets, 2 seeds, ~9 minutes on two
 cores) and `configs/full.yaml` (the write-up's protocol); `comptune demo --full` is exactly
-`comptune sweep configs/full.yaml` followed by `comptune report`.
+`comptune sweep configs/full.yaml` followed by `comptune report` and `comptune browse` with the
+report's edits.
 """
 
 from __future__ import annotations
