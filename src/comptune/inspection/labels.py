@@ -92,6 +92,7 @@ def language_label(example_languages: list[str], profile: dict[str, float], scor
         return f"all languages ({score_name} {ordered[-1][1]:.2f}–{top_value:.2f})", evidence
     named = [lang for lang, _ in ordered if lang in strong or shares.get(lang, 0) >= SEVERAL_SHARE]
     named += [lang for lang in shares if lang not in named and shares[lang] >= SEVERAL_SHARE]  # example languages with no dataset
+    named = named or [dominant]  # examples spread thin over many languages, none strong
     if len(named) == 1:
         evidence["rule"] = (f"one language: the only one with ≥ {STRONG_FRACTION:.0%} of the top mean {score_name} "
                             f"or ≥ {SEVERAL_SHARE:.0%} of top examples")
