@@ -226,7 +226,8 @@ def test_ctrl_c_stops_a_parallel_sweep_in_one_line_and_its_workers_with_it(asset
     import time
 
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(sweep_config(assets, train=dict(seq_len=16, retain_batch_size=2, patience=1000, max_steps=300)).model_dump(mode="json")))
+    # runs long enough (seconds each) that the sweep is still running when the signal comes
+    config.write_text(yaml.safe_dump(sweep_config(assets, train=dict(seq_len=16, retain_batch_size=2, patience=10**5, max_steps=2000)).model_dump(mode="json")))
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "import sys; from comptune.cli import main; sys.exit(main())", "sweep", str(config), "--out", str(out), "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
