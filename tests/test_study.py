@@ -230,7 +230,10 @@ def test_ctrl_c_stops_a_parallel_sweep_in_one_line_and_its_workers_with_it(asset
     config.write_text(yaml.safe_dump(sweep_config(assets, train=dict(seq_len=16, retain_batch_size=2, patience=10**5, max_steps=2000)).model_dump(mode="json")))
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "import sys; from comptune.cli import main; sys.exit(main())", "sweep", str(config), "--out", str(out), "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT at its default in the child: a test run started in the background by a non-interactive
+    # shell inherits it ignored, and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not ((out / "runs.jsonl").exists() and (out / "runs.jsonl").read_text().strip()):
         time.sleep(0.5)
