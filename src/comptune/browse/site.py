@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 import time
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,9 @@ from ..inspection.autointerp import AutointerpConfig
 from ..study.config import RolloutSettings
 
 MARKER = "comptune-browse.json"
+# the site's pages, one template (assets/browse/page.html): each loads common.js, data/site.js,
+# these data files, then assets/<page>.js
+PAGES = {"index": ["data/index.js"], "unit": ["data/vocab.js"], "edit": []}
 DEFAULT_DATASETS = ["train.de", "train.en", "train.fr", "train.es", "train.it", "train.code"]
 
 
@@ -60,13 +64,9 @@ def _blocks(names: list[str], tokenizer, block_len: int, n: int) -> dict[str, to
     from ..corpus.bundle import BUNDLED_DATASETS
     from ..corpus.datasets import dataset_blocks, sample_blocks
 
-    out = {}
-    for name in names:
-        b = sample_blocks(name, tokenizer, block_len, n) if name in BUNDLED_DATASETS else dataset_blocks(name, tokenizer, block_len, max_blocks=n)
-        if len(b) == 0:
-            raise UserError(f"dataset {name!r} holds no block of {block_len} tokens; give more text or a smaller --block-len")
-        out[name] = b
-    return out
+    # both raise, naming the fix, for a dataset too short for one block
+    return {name: sample_blocks(name, tokenizer, block_len, n) if name in BUNDLED_DATASETS else dataset_blocks(name, tokenizer, block_len, max_blocks=n)
+            for name in names}
 
 
 def _scan_records(paths: list[str]) -> dict[str, dict[str, dict]]:
@@ -189,8 +189,10 @@ def _write(root: Path, atlases: list[Atlas], edits: list[dict], tokenizer, confi
     (root / "assets").mkdir()
     for name in ("browse.css", "common.js", "index.js", "unit.js", "edit.js"):
         (root / "assets" / name).write_text((assets / name).read_text(encoding="utf-8"), encoding="utf-8")
-    for name in ("index.html", "unit.html", "edit.html"):
-        (root / name).write_text((assets / name).read_text(encoding="utf-8"), encoding="utf-8")
+    page = string.Template((assets / "page.html").read_text(encoding="utf-8"))
+    for name, data_scripts in PAGES.items():
+        scripts = "\n".join(f'<script src="{src}"></script>' for src in data_scripts)
+        (root / f"{name}.html").write_text(page.substitute(page=name, data_scripts=scripts), encoding="utf-8")
     data = root / "data"
     (data / "edits").mkdir(parents=True)
     main = atlases[0]

@@ -67,7 +67,7 @@ def sample_blocks(name: str, tokenizer, block_len: int, max_blocks: int) -> torc
     # every stride-th document until enough characters; only if those give fewer than max_blocks
     # blocks (a few short documents where the stride skips long ones) the documents after them too,
     # so every sample that was already full stays exactly what it was
-    for offsets in (1, stride):
+    for offsets in sorted({1, stride}):  # one pass when the stride is 1: it already takes every document
         picked, n = [], 0
         for t in (t for offset in range(offsets) for t in texts[offset::stride]):
             picked.append(t[: want - n])

@@ -169,8 +169,7 @@ def _example_language(ids: torch.Tensor, T: int, block_dataset: torch.Tensor, na
     def lang_of(block: int, t: int) -> str:
         if (block, t) not in cache:
             lo, hi = block * T + max(0, t - context), block * T + min(T, t + context + 1)
-            own = languages[names[int(block_dataset[block])]]
-            cache[block, t] = own if own == "code" else example_language(tokenizer.decode(ids[lo:hi].tolist()), own)
+            cache[block, t] = example_language(tokenizer.decode(ids[lo:hi].tolist()), languages[names[int(block_dataset[block])]])
         return cache[block, t]
 
     return lang_of

@@ -2,6 +2,17 @@
 "use strict";
 (function () {
   const site = window.SITE, index = window.INDEX;
+  document.querySelector("main").innerHTML = `
+  <div class="controls">
+    <input id="filter" type="search" placeholder="search key or label, e.g. down_proj:69 or German">
+    <label>module <select id="module"><option value="">all modules</option></select></label>
+    <label>dataset column <select id="dataset"></select></label>
+    <label>rows per page <select id="pagesize"><option>50</option><option selected>100</option><option>500</option></select></label>
+    <span id="count" class="muted"></span>
+  </div>
+  <div class="pager"><button id="prev">◀ previous</button><span id="page"></span><button id="next">next ▶</button></div>
+  <table id="units"><thead></thead><tbody></tbody></table>
+  <p class="legend" id="legend"></p>`;
   header("all " + index.rows.length + " units");
   const datasets = index.datasets;
   const short = datasets.map(d => site.languages[d] || d);
