@@ -25,9 +25,10 @@ from comptune.decomposition.losses import (
     TargetDistribution,
     eval_pgd_kl,
     kl_target_to_masked,
-    masks_from_sources,
     minimality_loss,
+    route_sources,
     sample_subset_routing,
+    source_coefficients,
 )
 from comptune.decomposition.report import quality_report
 from comptune.decomposition.train import DecomposeConfig
@@ -327,7 +328,7 @@ def test_kl_against_a_precomputed_target_equals_the_log_softmax_definition():
         z = z0.clone().requires_grad_(True)
         got = kl_target_to_masked(z, tgt)
         got.backward()
-        assert abs(float(got) - float(ref)) < 1e-5
+        assert abs(got.item() - ref.item()) < 1e-5
         assert torch.allclose(z.grad, ref_grad, atol=1e-7)
 
 
@@ -343,12 +344,25 @@ def test_minimality_matches_formula():
     assert torch.allclose(minimality_loss({"m": g}, p, beta, world_size=2), expected_ws)
 
 
-def test_masks_from_sources_and_subset_routing():
-    """SPEC V3.1, SPEC V3.2."""
-    g = torch.tensor([[[0.0, 1.0, 0.5]]])
-    r = torch.tensor([[[0.5, 0.2, 0.5, 0.9]]])
-    masks, delta = masks_from_sources({"m": g}, {"m": r})
-    assert torch.allclose(masks["m"], torch.tensor([[[0.5, 1.0, 0.75]]])) and torch.allclose(delta["m"], torch.tensor([[0.9]]))
+def test_source_coefficients_and_subset_routing():
+    """SPEC V3.1, SPEC V3.2. The coefficients m − m_Δ with m = g + (1 − g) r, and their gradients, equal
+    the formula's under autograd (fp64); a module routed out gets coefficients 0 and m_Δ 1."""
+    k = source_coefficients({"m": torch.tensor([[[0.0, 1.0, 0.5]]])}, {"m": (torch.tensor([[[0.5, 0.2, 0.5]]]), torch.tensor([[[0.9]]]))})
+    assert torch.allclose(k["m"][0], torch.tensor([[[0.5, 1.0, 0.75]]]) - 0.9) and torch.equal(k["m"][1], torch.tensor([[[0.9]]]))
+    gen = torch.Generator().manual_seed(0)
+    g0, r0, d0, weight = (torch.rand(*shape, generator=gen, dtype=torch.float64) for shape in ((2, 3, 5), (2, 3, 5), (2, 3, 1), (2, 3, 5)))
+    results = []
+    for fused in (True, False):
+        g, r, d = (t.clone().requires_grad_(True) for t in (g0, r0, d0))
+        coef = source_coefficients({"m": g}, {"m": (r, d)})["m"][0] if fused else g + (1 - g) * r - d
+        results.append((coef, *torch.autograd.grad((coef * weight).sum(), (g, r, d))))
+    for fused, plain in zip(*results):
+        assert torch.allclose(fused, plain, rtol=0, atol=1e-15)
+    on = torch.tensor([[True, False, True], [False, False, True]])
+    r, d = route_sources({"m": (r0, d0)}, {"m": on})["m"]
+    coef = source_coefficients({"m": g0}, {"m": (r, d)})["m"][0]
+    assert torch.equal(coef[~on], torch.zeros(3, 5, dtype=torch.float64)) and torch.equal(d[~on], torch.ones(3, 1, dtype=torch.float64))
+    assert torch.allclose(coef[on], (g0 + (1 - g0) * r0 - d0)[on], rtol=0, atol=1e-15)
     paths = [f"m{i}" for i in range(4)]
     routing = sample_subset_routing(paths, (200, 50), "cpu", torch.Generator().manual_seed(0))
     k = torch.stack([routing[p] for p in paths]).sum(0)  # routed modules per position
@@ -370,11 +384,13 @@ def test_persistent_pgd_ascends_stays_in_range_and_round_trips():
     ppgd.ascend(d, x, ci.target_logits, ci.lower, lr=0.05, n_steps=10)
     after = ppgd.loss(d, x, ci.target_logits, ci.lower).item()
     assert after > before
-    assert all(0 <= s.min() and s.max() <= 1 and s.shape == (*x.shape, C[p] + 1) for p, s in ppgd.sources.items())
+    assert all(0 <= s.min() and s.max() <= 1 for s in ppgd.leaves())
+    state = ppgd.state_tensors()
+    assert all(state[f"{p}.{name}"].shape == (*x.shape, C[p] + 1) for p in C for name in ("source", "exp_avg", "exp_avg_sq"))
     assert all(p.grad is None for p in d.component_parameters())  # the ascent never trains the decomposition
     other = PersistentPGD(C, x.shape, "cpu", torch.Generator().manual_seed(1))
-    other.load_state_tensors(ppgd.state_tensors())
-    assert other.t == 10 and all(torch.equal(other.exp_avg_sq[p], ppgd.exp_avg_sq[p]) for p in C)
+    other.load_state_tensors(state)
+    assert other.t == 10 and all(torch.equal(a, b) for a, b in zip(other.exp_avg_sq + other.leaves(), ppgd.exp_avg_sq + ppgd.leaves()))
     with pytest.raises(ValueError, match="batch size or C changed"):
         PersistentPGD(C, (1, 12), "cpu").load_state_tensors(ppgd.state_tensors())
 
@@ -387,7 +403,8 @@ def test_eval_pgd_finds_worse_masks_than_its_random_start():
         ci = d.causal_importance(x)
     g = torch.Generator().manual_seed(3)  # the same seed as eval_pgd_kl below: identical starting sources
     sources = {p: torch.rand((1, 1, d.C(p) + 1), generator=g) for p in d.module_paths}
-    masks, delta = masks_from_sources(ci.lower, sources)
+    masks = {p: ci.lower[p] + (1 - ci.lower[p]) * r[..., :-1] for p, r in sources.items()}
+    delta = {p: r[..., -1] for p, r in sources.items()}
     with torch.no_grad():
         kl_start = kl_target_to_masked(d.masked_logits(x, masks, delta), ci.target_logits).item()
     assert eval_pgd_kl(d, x, ci.target_logits, ci.lower, 20, 0.1, torch.Generator().manual_seed(3)) > kl_start

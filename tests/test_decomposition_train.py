@@ -70,17 +70,102 @@ def test_adversary_source_gradient_from_the_main_backward_equals_its_own_backwar
     def spy_loss(self, decomposition, input_ids, target, ci_lower, recon=None):
         out = loss(self, decomposition, input_ids, target, ci_lower, recon)
         if any(g.requires_grad for g in ci_lower.values()):  # the step's adversarial term (the ascent holds CI fixed)
-            expected.append(torch.autograd.grad(out, list(self.sources.values()), retain_graph=True))
+            expected.append(torch.autograd.grad(out, self.leaves(), retain_graph=True))
         return out
 
     monkeypatch.setattr(PersistentPGD, "loss", spy_loss)
-    monkeypatch.setattr(PersistentPGD, "adam_ascent_step", lambda self, grads, lr: applied.append(dict(grads)) or ascent(self, grads, lr))
+    monkeypatch.setattr(PersistentPGD, "adam_ascent_step", lambda self, grads, lr: applied.append(list(grads)) or ascent(self, grads, lr))
     for step in range(3):
         trainer.train_step(BLOCKS[:4], step)
     assert len(expected) == 3 and len(applied) == 3 * (1 + cfg.ppgd_inner_steps)
     for want, got in zip(expected, applied[cfg.ppgd_inner_steps :: 1 + cfg.ppgd_inner_steps]):
-        for w, g in zip(want, got.values()):
+        for w, g in zip(want, got):
             assert w.abs().max() > 0 and torch.allclose(g, w, rtol=1e-5, atol=1e-9)
+
+
+def _straightforward_logits(d, ids, masks, delta_masks, routing=None):
+    """The masked forward written out (SPEC V3.1/V3.2), independently of `Decomposition`'s hooks: Δ
+    materialised, y = ((x V) ⊙ m) U + m_Δ Δx + b, unrouted positions keep the module's own output."""
+    handles = []
+    for p in d.module_paths:
+        def hook(module, args, output, p=p):
+            x, comps = args[0], d.get_components(p)
+            y = ((x @ comps.V) * masks[p]) @ comps.U + delta_masks[p].unsqueeze(-1) * (x @ (d.target_weight(p) - comps.weight()).T)
+            y = y if module.bias is None else y + module.bias
+            return y if routing is None else torch.where(routing[p].unsqueeze(-1), y, output)
+        handles.append(d.target_module(p).register_forward_hook(hook))
+    try:
+        return d.target(ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_the_step_gives_the_straightforward_losses_and_gradients(monkeypatch):
+    """SPEC V5.6. One training step (fused mask coefficients, routing folded into the sources, the KL from one
+    log-softmax) against the same step written out: textbook KL, masks m = g + (1 − g) r, Δ materialised,
+    routing by `where`. Everything in fp64 except the KL, which both compute in float32 (as training
+    does; a float32 KL of log-probabilities ≈ 4 carries ≈ 1e-6 absolute error): losses agree to 1e-5 relative
+    or 1e-6 absolute, every component, CI and adversary-source gradient to 1e-5 relative to its largest entry."""
+    from comptune.decomposition.losses import PersistentPGD, faithfulness_loss, minimality_loss, sample_subset_routing
+    from comptune.decomposition.train import VPDTrainer
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfg = config(coeff_adversarial=0.7, grad_clip_components=None)
+        d = Decomposition.create(tiny_lm(), cfg.patterns, cfg.ci)
+        trainer = VPDTrainer(d, cfg, torch.device("cpu"))
+        batch = BLOCKS[:4]
+        trainer.train_step(batch, 0)  # makes the adversary and moves the sources
+        adversarial_sources = []
+        loss = PersistentPGD.loss
+
+        def spy_loss(self, decomposition, input_ids, target, ci_lower, recon=None):
+            if any(g.requires_grad for g in ci_lower.values()):  # the step's adversarial term
+                adversarial_sources.append({p: (r.detach().clone(), rd.detach().clone()) for p, (r, rd) in self.sources.items()})
+            return loss(self, decomposition, input_ids, target, ci_lower, recon)
+
+        monkeypatch.setattr(PersistentPGD, "loss", spy_loss)
+        applied, ascent = [], PersistentPGD.adam_ascent_step
+        monkeypatch.setattr(PersistentPGD, "adam_ascent_step", lambda self, grads, lr: applied.append(list(grads)) or ascent(self, grads, lr))
+        monkeypatch.setattr(trainer.opt_components, "step", lambda: None)  # keep the parameters the grads are of
+        monkeypatch.setattr(trainer.opt_ci, "step", lambda: None)
+        rng = trainer.mask_rng.get_state()
+        row = trainer.train_step(batch, 1)
+        params = [*d.component_parameters(), *d.ci_fn.parameters()]
+        fused_grads = [p.grad.clone() for p in params]
+
+        for p in params:
+            p.grad = None
+        ci = d.causal_importance(batch)
+        log_p = torch.log_softmax(ci.target_logits.detach().float(), -1)
+
+        def kl(logits):
+            return (log_p.exp() * (log_p - torch.log_softmax(logits.float(), -1))).sum(-1).mean()
+
+        gen = torch.Generator().set_state(rng)
+        noise = {p: torch.rand((*g.shape[:-1], g.shape[-1] + 1), generator=gen) for p, g in ci.lower.items()}
+        routing = sample_subset_routing(d.module_paths, tuple(batch.shape), "cpu", gen)
+        masks = {p: g + (1 - g) * noise[p][..., :-1] for p, g in ci.lower.items()}
+        stochastic = kl(_straightforward_logits(d, batch, masks, {p: r[..., -1] for p, r in noise.items()}, routing))
+        (sources,) = adversarial_sources
+        leaves = [t.requires_grad_(True) for pair in sources.values() for t in pair]
+        masks = {p: g + (1 - g) * sources[p][0] for p, g in ci.lower.items()}
+        adversarial = kl(_straightforward_logits(d, batch, masks, {p: sources[p][1][..., 0] for p in sources}))
+        terms = {"faithfulness": faithfulness_loss(d), "minimality": minimality_loss(ci.upper, row["p"], cfg.minimality_beta, cfg.minimality_eps),
+                 "stochastic": stochastic, "adversarial": adversarial}
+        total = (cfg.coeff_faithfulness * terms["faithfulness"] + cfg.coeff_minimality * terms["minimality"]
+                 + cfg.coeff_stochastic * stochastic + cfg.coeff_adversarial * adversarial)
+        total.backward()
+        for name, value in terms.items():
+            assert row[name] == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+        for source, fused in zip(leaves, applied[-1]):  # the third ascent: the adversarial term's source gradient
+            assert torch.allclose(fused, source.grad / cfg.coeff_adversarial, rtol=1e-5, atol=1e-5 * source.grad.abs().max().item() / cfg.coeff_adversarial)
+        for p, fused in zip(params, fused_grads):
+            assert p.grad.abs().max() > 0
+            assert torch.allclose(fused, p.grad, rtol=1e-5, atol=1e-5 * p.grad.abs().max().item())
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 def test_stop_and_resume_continues_the_same_run(tmp_path):

@@ -140,22 +140,21 @@ class LinearComponents(nn.Module):
         x: torch.Tensor,
         target_out: torch.Tensor,
         bias: torch.Tensor | None,
-        mask: torch.Tensor,
+        coefficient: torch.Tensor,
         delta_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """y = Σ_c m_c a_c u_c + m_Δ Δx + b, given the target module's own output Wx + b.
+        """y = Σ_c m_c a_c u_c + m_Δ Δx + b from the coefficients k_c = m_c − m_Δ and the target module's
+        own output Wx + b: as Δx = Wx − Σ_c a_c u_c, y = Σ_c k_c a_c u_c + m_Δ (Wx + b) + (1 − m_Δ) b.
 
-        Δx = Wx − Σ_c a_c u_c, so y = Σ_c (m_c − m_Δ) a_c u_c + m_Δ Wx + b: one batched
-        [.., C] @ [C, d_out] product and no d_out×d_in matrix is formed per step; the Δ channel's
-        gradient into U and V is the same as with Δ materialised.
+        One batched [.., C] @ [C, d_out] product and no d_out×d_in matrix per step; the Δ channel's
+        gradient into U and V is the same as with Δ materialised; where k = 0 and m_Δ = 1 it is the
+        module's own output exactly. delta_mask: [..., 1], or None for no Δ (m_Δ = 0, k = m).
         """
+        out = self.forward(x, coefficient)
         if delta_mask is None:
-            out = self.forward(x, mask)
-        else:
-            m_delta = delta_mask.unsqueeze(-1)  # [..., 1]
-            w_x = target_out if bias is None else target_out - bias
-            out = self.forward(x, mask - m_delta) + m_delta * w_x
-        return out if bias is None else out + bias
+            return out if bias is None else out + bias
+        out = torch.addcmul(out, delta_mask, target_out)
+        return out if bias is None else torch.addcmul(out + bias, delta_mask, bias, value=-1)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, C={self.C}, kind={self.kind}"

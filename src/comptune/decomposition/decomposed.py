@@ -2,8 +2,9 @@
 
 The target is never modified: forward hooks on the decomposed modules read their inputs (the
 pre-weight activations the CI function needs) and, when masks are given, replace their outputs
-by the masked component output y = Σ_c m_c a_c u_c + m_Δ Δx + b. Positions a routing mask leaves
-out keep the module's own output (the original W).
+by the masked component output y = Σ_c m_c a_c u_c + m_Δ Δx + b, computed from its coefficients
+k_c = m_c − m_Δ as Σ_c k_c a_c u_c + m_Δ (Wx + b) + (1 − m_Δ) b. Positions a routing mask leaves
+out have k = 0 and m_Δ = 1: the module's own output, exactly.
 
 Saved as two files (format version 1; the Goodfire importer writes the same):
 - `decomposition.safetensors`: `components.<module path>.V` [d_in, C], `components.<module path>.U`
@@ -49,9 +50,8 @@ class CausalImportance:
 @dataclass
 class _HookState:
     capture: dict[str, torch.Tensor] | None = None
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    delta_masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    routing: dict[str, torch.Tensor] = field(default_factory=dict)
+    # path -> (k = m − m_Δ [B, T, C], m_Δ [B, T, 1] or None for no Δ)
+    coefficients: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
 
 
 class Decomposition(nn.Module):
@@ -129,18 +129,14 @@ class Decomposition(nn.Module):
             x = args[0]  # [B, T, d_in]
             if state.capture is not None:
                 state.capture[path] = x
-            mask = state.masks.get(path)
-            if mask is None:
+            coefficient = state.coefficients.get(path)
+            if coefficient is None:
                 return None
+            k, delta_mask = coefficient
             comps = self.components[dashed(path)]
             dtype = comps.V.dtype  # components compute in their own (fp32) precision
             bias = None if module.bias is None else module.bias.to(dtype)
-            target_out = output.to(dtype)
-            delta_mask = state.delta_masks.get(path)
-            y = comps.masked_output(x.to(dtype), target_out, bias, mask.to(dtype), None if delta_mask is None else delta_mask.to(dtype))
-            routing = state.routing.get(path)
-            if routing is not None:
-                y = torch.where(routing.unsqueeze(-1), y, target_out)
+            y = comps.masked_output(x.to(dtype), output.to(dtype), bias, k.to(dtype), None if delta_mask is None else delta_mask.to(dtype))
             return y.to(output.dtype)
 
         return hook
@@ -173,11 +169,32 @@ class Decomposition(nn.Module):
         False positions use the original W (a module missing here is routed everywhere).
         Modules absent from `masks` run unchanged.
         """
-        unknown = sorted((set(masks) | set(delta_masks or {}) | set(routing or {})) - set(self.module_paths))
+        self._check_decomposed(set(masks) | set(delta_masks or {}) | set(routing or {}))
+        coefficients = {}
+        for p, m in masks.items():
+            delta = (delta_masks or {}).get(p)
+            delta = None if delta is None else delta.unsqueeze(-1)  # [B, T, 1]
+            k = m if delta is None else m - delta
+            route = (routing or {}).get(p)
+            if route is not None:
+                route = route.unsqueeze(-1)
+                k = torch.where(route, k, 0.0)
+                delta = torch.where(route, 0.0 if delta is None else delta, 1.0).to(k.dtype)
+            coefficients[p] = (k, delta)
+        return self.coefficient_logits(input_ids, coefficients)
+
+    def coefficient_logits(self, input_ids: torch.Tensor, coefficients: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+        """Logits [B, T, V] with each module in `coefficients` computing Σ_c k_c a_c u_c + m_Δ (Wx + b)
+        + (1 − m_Δ) b: path -> (k = m − m_Δ [B, T, C], m_Δ [B, T, 1] or None for no Δ), both
+        broadcastable. `masked_logits` in the form the training step builds directly (losses.source_coefficients)."""
+        self._check_decomposed(set(coefficients))
+        with self._hooks_set(_HookState(coefficients=coefficients)):
+            return logits_of(self.target(input_ids))
+
+    def _check_decomposed(self, paths: set[str]) -> None:
+        unknown = sorted(paths - set(self.module_paths))
         if unknown:
             raise UserKeyError(f"masks given for modules that are not decomposed: {unknown}; decomposed: {', '.join(self.module_paths)}")
-        with self._hooks_set(_HookState(masks=masks, delta_masks=delta_masks or {}, routing=routing or {})):
-            return logits_of(self.target(input_ids))
 
     def causal_importance(self, input_ids: torch.Tensor) -> CausalImportance:
         """One clean target forward, then the CI function on its activations."""

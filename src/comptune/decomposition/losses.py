@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..errors import UserError
 from .decomposed import Decomposition
@@ -24,24 +25,54 @@ Reconstruction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 # ----- masks and routing ----------------------------------------------------------------------
 
 
-def masks_from_sources(ci_lower: Masks, sources: Masks) -> tuple[Masks, Masks]:
-    """m = g + (1 − g) r for the C subcomponents; the last source channel is the Δ mask, taken raw.
-
-    sources: path -> [..., C + 1] in [0, 1] (broadcastable against ci [B, T, C]).
-    Returns (masks path -> [B, T, C], delta_masks path -> [B, T]).
-    """
-    masks, delta_masks = {}, {}
-    for path, g in ci_lower.items():
-        r = sources[path]
-        masks[path] = g + (1 - g) * r[..., :-1]
-        delta_masks[path] = r[..., -1].expand(g.shape[:-1])
-    return masks, delta_masks
+Sources = dict[str, tuple[torch.Tensor, torch.Tensor]]  # path -> (r [..., C], r_Δ [..., 1]), in [0, 1]
+Coefficients = dict[str, tuple[torch.Tensor, torch.Tensor | None]]  # path -> (m − m_Δ [..., C], m_Δ [..., 1] or None)
 
 
-def sample_stochastic_masks(ci_lower: Masks, generator: torch.Generator | None = None) -> tuple[Masks, Masks]:
-    """Stochastic masks with r ~ U(0, 1) per (b, t, c), and m_Δ ~ U(0, 1) per (b, t)."""
-    sources = {p: torch.rand((*g.shape[:-1], g.shape[-1] + 1), generator=generator, device=g.device, dtype=g.dtype) for p, g in ci_lower.items()}
-    return masks_from_sources(ci_lower, sources)
+class _MaskCoefficients(torch.autograd.Function):
+    """k = m − m_Δ with m = g + (1 − g) r (SPEC V3.1), as r − r_Δ + g (1 − r): three elementwise
+    passes forward, and backward one pass per input that needs a gradient (autograd's own graph of
+    the same expression takes about three times as many, and a copy per slice of a source)."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, r: torch.Tensor, r_delta: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g, r)
+        return torch.addcmul(r - r_delta, g, 1 - r)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        g, r = ctx.saved_tensors
+        need_g, need_r, need_delta = ctx.needs_input_grad
+        grad_g = torch.addcmul(grad, grad, r, value=-1) if need_g else None  # grad · (1 − r)
+        grad_r = torch.addcmul(grad, grad, g, value=-1) if need_r else None  # grad · (1 − g); autograd sums broadcast dims
+        grad_delta = -grad.sum(-1, keepdim=True) if need_delta else None
+        return grad_g, grad_r, grad_delta
+
+
+def source_coefficients(ci_lower: Masks, sources: Sources) -> Coefficients:
+    """{path: (m − m_Δ, m_Δ)} for masks m = g + (1 − g) r and Δ mask m_Δ = r_Δ: what
+    `Decomposition.coefficient_logits` takes. Sources broadcast against ci [B, T, C]."""
+    return {p: (_MaskCoefficients.apply(g, *sources[p]), sources[p][1]) for p, g in ci_lower.items()}
+
+
+def sample_stochastic_sources(ci_lower: Masks, generator: torch.Generator | None = None) -> Sources:
+    """Stochastic sources: r ~ U(0, 1) per (b, t, c) and r_Δ ~ U(0, 1) per (b, t) (SPEC V3.2)."""
+    out = {}
+    for p, g in ci_lower.items():
+        r = torch.rand((*g.shape[:-1], g.shape[-1] + 1), generator=generator, device=g.device, dtype=g.dtype)
+        out[p] = (r[..., :-1], r[..., -1:])
+    return out
+
+
+def route_sources(sources: Sources, routing: dict[str, torch.Tensor]) -> Sources:
+    """Where `routing` leaves a module out, r = r_Δ = 1: its coefficients are then exactly 0 and
+    m_Δ = 1, i.e. the module's own W x + b, and no gradient reaches its CI there (SPEC V3.2)."""
+    out = {}
+    for p, (r, r_delta) in sources.items():
+        off = ~routing[p].unsqueeze(-1)
+        out[p] = (r.masked_fill(off, 1.0), r_delta.masked_fill(off, 1.0))
+    return out
 
 
 def sample_subset_routing(paths: list[str], batch_shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -76,20 +107,23 @@ class TargetDistribution:
 
 
 class _KLToTarget(torch.autograd.Function):
-    """mean KL(p ‖ softmax(z)) with Σ p log q = Σ p z − logsumexp(z) (as Σ p = 1): no log-softmax
-    of z is formed, and the backward is one softmax, (softmax(z) − p) / N, written in place."""
+    """mean over N positions of KL(p ‖ softmax(z)) = mean Σ p log p − Σ_{n,v} p log_softmax(z) / N.
+    The forward keeps log_softmax(z) and contracts it with p in one flat dot product; the backward
+    is (softmax(z) − p) / N from it: exp, then two in-place passes."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, probs: torch.Tensor, neg_entropy: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(z, probs)
-        dot = torch.einsum("...v,...v->...", probs, z)  # a batched matmul: no [..., V] product is written
-        return (neg_entropy - dot + torch.logsumexp(z, dim=-1)).mean()
+        log_q = torch.log_softmax(z, dim=-1)
+        ctx.save_for_backward(log_q, probs)
+        n = log_q.numel() // log_q.shape[-1]
+        return neg_entropy.mean() - torch.dot(probs.reshape(-1), log_q.reshape(-1)) / n
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        z, probs = ctx.saved_tensors
-        g = torch.softmax(z, dim=-1)
-        g.sub_(probs).mul_(grad / (z.numel() // z.shape[-1]))
+        log_q, probs = ctx.saved_tensors
+        g = log_q.exp()  # not in place: a retained graph (retain_graph=True) may run this backward again
+        g.sub_(probs).mul_(grad / (g.numel() // g.shape[-1]))
         return g, None, None
 
 
@@ -138,29 +172,35 @@ def minimality_loss(ci_upper: Masks, p: float, beta: float, eps: float = 1e-12, 
 
 
 class PersistentPGD:
-    """Adversarial sources [B, T, C+1] per module that persist across steps with their Adam moments.
+    """Adversarial sources per module, r [B, T, C] and r_Δ [B, T, 1] (saved as one [B, T, C+1]), that
+    persist across steps with their Adam moments.
 
     Each training step: `ascend` twice on the current batch (CI and components detached), then the
-    adversarial loss term is built from `masks(ci_lower)` with live CI and components, and its
-    source gradient (left in `.grad` by the main backward) is applied with `adam_ascent_step`.
+    adversarial loss term is built with live CI and components, and its source gradient (left in
+    `.grad` of `leaves()` by the main backward) is applied with `adam_ascent_step`.
     """
 
     def __init__(self, C: dict[str, int], batch_shape: tuple[int, int], device, generator: torch.Generator | None = None,
                  betas: tuple[float, float] = (0.5, 0.99), eps: float = 1e-8):
         self.betas, self.eps = betas, eps
-        self.sources = {p: torch.rand((*batch_shape, c + 1), generator=generator, device=device).requires_grad_(True) for p, c in sorted(C.items())}
-        self.exp_avg = {p: torch.zeros_like(s) for p, s in self.sources.items()}
-        self.exp_avg_sq = {p: torch.zeros_like(s) for p, s in self.sources.items()}
+        self.sources: Sources = {}
+        for p, c in sorted(C.items()):
+            full = torch.rand((*batch_shape, c + 1), generator=generator, device=device)
+            self.sources[p] = (full[..., :c].clone().requires_grad_(True), full[..., c:].clone().requires_grad_(True))
+        self._leaves = [t for pair in self.sources.values() for t in pair]
+        self.exp_avg = [torch.zeros_like(t) for t in self._leaves]
+        self.exp_avg_sq = [torch.zeros_like(t) for t in self._leaves]
         self.t = 0
 
-    def masks(self, ci_lower: Masks) -> tuple[Masks, Masks]:
-        return masks_from_sources(ci_lower, self.sources)
+    def leaves(self) -> list[torch.Tensor]:
+        """r, r_Δ of every module, in sorted path order: the order `adam_ascent_step` takes gradients in."""
+        return self._leaves
 
     def loss(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor,
             ci_lower: Masks, recon: Reconstruction = None) -> torch.Tensor:
         """Reconstruction loss (default KL(target ‖ masked)) with every module routed and the sources as masks."""
-        masks, delta_masks = self.masks(ci_lower)
-        return (recon or kl_target_to_masked)(decomposition.masked_logits(input_ids, masks, delta_masks), target_out)
+        logits = decomposition.coefficient_logits(input_ids, source_coefficients(ci_lower, self.sources))
+        return (recon or kl_target_to_masked)(logits, target_out)
 
     def ascend(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor, ci_lower: Masks, lr: float, n_steps: int,
                recon: Reconstruction = None) -> None:
@@ -168,40 +208,46 @@ class PersistentPGD:
         ci_fixed = {p: g.detach() for p, g in ci_lower.items()}
         for _ in range(n_steps):
             loss = self.loss(decomposition, input_ids, target_out, ci_fixed, recon)
-            grads = torch.autograd.grad(loss, list(self.sources.values()))
-            self.adam_ascent_step(dict(zip(self.sources, grads)), lr)
+            self.adam_ascent_step(list(torch.autograd.grad(loss, self._leaves)), lr)
 
     @torch.no_grad()
-    def adam_ascent_step(self, grads: Masks, lr: float) -> None:
+    def adam_ascent_step(self, grads: list[torch.Tensor], lr: float) -> None:
+        """One Adam ascent step of every source (`grads` in `leaves()` order), clamped to [0, 1]."""
         self.t += 1
         b1, b2 = self.betas
         bias1, bias2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, src in self.sources.items():
-            g = grads[p]
-            self.exp_avg[p].mul_(b1).add_(g, alpha=1 - b1)
-            self.exp_avg_sq[p].mul_(b2).addcmul_(g, g, value=1 - b2)
-            src.add_(lr * (self.exp_avg[p] / bias1) / ((self.exp_avg_sq[p] / bias2).sqrt() + self.eps))
-            src.clamp_(0.0, 1.0)
-            src.grad = None  # the next main backward accumulates afresh
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - b1)
+        torch._foreach_mul_(self.exp_avg_sq, b2)
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - b2)
+        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_div_(denom, math.sqrt(bias2))
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(self._leaves, self.exp_avg, denom, value=lr / bias1)
+        torch._foreach_clamp_min_(self._leaves, 0.0)
+        torch._foreach_clamp_max_(self._leaves, 1.0)
+        for t in self._leaves:
+            t.grad = None  # the next main backward accumulates afresh
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {"t": torch.tensor(self.t)}
-        for p in self.sources:
-            out[f"{p}.source"] = self.sources[p].detach()
-            out[f"{p}.exp_avg"] = self.exp_avg[p]
-            out[f"{p}.exp_avg_sq"] = self.exp_avg_sq[p]
+        for i, p in enumerate(self.sources):
+            for name, store in (("source", self._leaves), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                out[f"{p}.{name}"] = torch.cat([store[2 * i].detach(), store[2 * i + 1].detach()], -1)
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.t = int(tensors["t"])
         with torch.no_grad():
-            for p in self.sources:
-                for name, store in (("source", self.sources), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+            for i, p in enumerate(self.sources):
+                r = self._leaves[2 * i]
+                expected = (*r.shape[:-1], r.shape[-1] + 1)
+                for name, store in (("source", self._leaves), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
                     t = tensors[f"{p}.{name}"]
-                    if t.shape != store[p].shape:
+                    if tuple(t.shape) != expected:
                         raise UserError(f"checkpointed adversary source {p}.{name} has shape {tuple(t.shape)}"
-                            f", expected {tuple(store[p].shape)} (batch size or C changed)")
-                    store[p].copy_(t)
+                            f", expected {expected} (batch size or C changed)")
+                    store[2 * i].copy_(t[..., :-1])
+                    store[2 * i + 1].copy_(t[..., -1:])
 
 
 def eval_pgd_kl(decomposition: Decomposition, input_ids: torch.Tensor, target_logits: torch.Tensor, ci_lower: Masks,
@@ -210,18 +256,21 @@ def eval_pgd_kl(decomposition: Decomposition, input_ids: torch.Tensor, target_lo
     positions, n_steps sign-gradient ascent steps of step_size, clamped to [0, 1]; the final KL."""
     device = input_ids.device
     ci_fixed = {p: g.detach() for p, g in ci_lower.items()}
-    sources = {p: torch.rand((1, 1, g.shape[-1] + 1), generator=generator, device=device).requires_grad_(True) for p, g in ci_fixed.items()}
+    sources: Sources = {}
+    for p, g in ci_fixed.items():
+        full = torch.rand((1, 1, g.shape[-1] + 1), generator=generator, device=device)
+        sources[p] = (full[..., :-1].clone().requires_grad_(True), full[..., -1:].clone().requires_grad_(True))
+    leaves = [t for pair in sources.values() for t in pair]
     target = TargetDistribution.of(target_logits)
 
     def kl() -> torch.Tensor:
-        masks, delta_masks = masks_from_sources(ci_fixed, sources)
-        return kl_target_to_masked(decomposition.masked_logits(input_ids, masks, delta_masks), target)
+        return kl_target_to_masked(decomposition.coefficient_logits(input_ids, source_coefficients(ci_fixed, sources)), target)
 
     with torch.enable_grad():
         for _ in range(n_steps):
-            grads = torch.autograd.grad(kl(), list(sources.values()))
+            grads = torch.autograd.grad(kl(), leaves)
             with torch.no_grad():
-                for src, g in zip(sources.values(), grads):
+                for src, g in zip(leaves, grads):
                     src.add_(step_size * g.sign()).clamp_(0.0, 1.0)
     with torch.no_grad():
         return kl().item()

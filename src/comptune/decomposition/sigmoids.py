@@ -24,10 +24,8 @@ class _LowerLeakyHardSigmoid(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         (z,) = ctx.saved_tensors
-        zero = torch.zeros_like(grad_out)
-        below = torch.where(grad_out < 0, ctx.alpha * grad_out, zero)  # leak only towards "more important"
-        inside_or_above = torch.where(z <= 1, grad_out, zero)
-        return torch.where(z <= 0, below, inside_or_above), None
+        leak = grad_out.clamp(max=0).mul_(ctx.alpha)  # leak only towards "more important"
+        return torch.where(z > 0, grad_out, leak).masked_fill_(z > 1, 0.0), None
 
 
 def lower_leaky_hard_sigmoid(z: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:

@@ -49,8 +49,10 @@ from .losses import (
     faithfulness_loss,
     kl_target_to_masked,
     minimality_loss,
-    sample_stochastic_masks,
+    route_sources,
+    sample_stochastic_sources,
     sample_subset_routing,
+    source_coefficients,
 )
 from .report import quality_report
 from .run_state import (
@@ -431,11 +433,10 @@ class VPDTrainer:
         terms = {"faithfulness": faithfulness_loss(d)}
         terms["minimality"] = minimality_loss(ci.upper, p, config.minimality_beta, config.minimality_eps, self.world_size)
         with record_function("vpd/stochastic"), self.autocast():
-            masks, delta_masks = sample_stochastic_masks(ci.lower, self.mask_rng)
-            routing = None
+            sources = sample_stochastic_sources(ci.lower, self.mask_rng)
             if config.routing == "uniform_k_subset":
-                routing = sample_subset_routing(paths, tuple(ci.lower[paths[0]].shape[:-1]), self.device, self.mask_rng)
-            terms["stochastic"] = self.recon(d.masked_logits(batch, masks, delta_masks, routing), target_out)
+                sources = route_sources(sources, sample_subset_routing(paths, tuple(ci.lower[paths[0]].shape[:-1]), self.device, self.mask_rng))
+            terms["stochastic"] = self.recon(d.coefficient_logits(batch, source_coefficients(ci.lower, sources)), target_out)
         if self.ppgd is None and config.coeff_adversarial > 0:
             self.ppgd = self._make_ppgd(ci.lower)
         if self.ppgd is not None:
@@ -467,8 +468,7 @@ class VPDTrainer:
             if self.ppgd is not None:
                 # the main backward reaches the sources through the adversarial term alone, so their
                 # gradient of that term comes from it, without a second backward of the same graph
-                source_grads = {p: src.grad / config.coeff_adversarial for p, src in self.ppgd.sources.items()}
-                self.ppgd.adam_ascent_step(source_grads, ppgd_lr)
+                self.ppgd.adam_ascent_step([src.grad / config.coeff_adversarial for src in self.ppgd.leaves()], ppgd_lr)
         return {"loss": total.item(), **{k: v.item() for k, v in terms.items()}, "p": p, "lr": lr, "ppgd_lr": ppgd_lr, "grad_norm_components": grad_norm}
 
     def _make_ppgd(self, ci_lower) -> PersistentPGD:
