@@ -161,6 +161,10 @@ def test_masked_output_formula_and_delta_gap(kind):
     ones = torch.ones(3, 7, 5)
     gap = d.target_logits(x) - d.masked_logits(x, {"layer": ones})
     assert torch.allclose(gap, x @ delta.T, atol=1e-5)
+    # SPEC V3.2: positions routed out are the biased layer's own output, bit for bit
+    routed = torch.rand(3, 7) < 0.5
+    out = d.masked_logits(x, {"layer": m}, {"layer": m_delta}, routing={"layer": routed})
+    assert torch.equal(out[~routed], d.target_logits(x)[~routed]) and torch.allclose(out[routed], expected[routed], atol=1e-5)
 
 
 def test_routing_keeps_original_weight_where_unrouted():

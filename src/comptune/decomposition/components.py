@@ -154,7 +154,7 @@ class LinearComponents(nn.Module):
         if delta_mask is None:
             return out if bias is None else out + bias
         out = torch.addcmul(out, delta_mask, target_out)
-        return out if bias is None else torch.addcmul(out + bias, delta_mask, bias, value=-1)
+        return out if bias is None else torch.addcmul(out, 1 - delta_mask, bias)  # + 0 exactly where m_Δ = 1
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, C={self.C}, kind={self.kind}"
