@@ -56,13 +56,23 @@ def source_coefficients(ci_lower: Masks, sources: Sources) -> Coefficients:
     return {p: (_MaskCoefficients.apply(g, *sources[p]), sources[p][1]) for p, g in ci_lower.items()}
 
 
+def source_masked_logits(decomposition: Decomposition, input_ids: torch.Tensor, ci_lower: Masks, sources: Sources) -> torch.Tensor:
+    """Logits [B, T, V] with every module in `ci_lower` masked by m = g + (1 − g) r and m_Δ = r_Δ."""
+    return decomposition.coefficient_logits(input_ids, source_coefficients(ci_lower, sources))
+
+
+def uniform_source(shape: tuple[int, ...], C: int, generator: torch.Generator | None = None, device=None, dtype=None,
+                   trainable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r [*shape, C], r_Δ [*shape, 1]) ~ U(0, 1), from one [*shape, C + 1] draw (the saved layout);
+    `trainable`: two leaf tensors that require grad (an adversary's), else views of the draw."""
+    full = torch.rand((*shape, C + 1), generator=generator, device=device, dtype=dtype)
+    r, r_delta = full[..., :C], full[..., C:]
+    return (r.clone().requires_grad_(True), r_delta.clone().requires_grad_(True)) if trainable else (r, r_delta)
+
+
 def sample_stochastic_sources(ci_lower: Masks, generator: torch.Generator | None = None) -> Sources:
     """Stochastic sources: r ~ U(0, 1) per (b, t, c) and r_Δ ~ U(0, 1) per (b, t) (SPEC V3.2)."""
-    out = {}
-    for p, g in ci_lower.items():
-        r = torch.rand((*g.shape[:-1], g.shape[-1] + 1), generator=generator, device=g.device, dtype=g.dtype)
-        out[p] = (r[..., :-1], r[..., -1:])
-    return out
+    return {p: uniform_source(g.shape[:-1], g.shape[-1], generator, g.device, g.dtype) for p, g in ci_lower.items()}
 
 
 def route_sources(sources: Sources, routing: dict[str, torch.Tensor]) -> Sources:
@@ -183,24 +193,19 @@ class PersistentPGD:
     def __init__(self, C: dict[str, int], batch_shape: tuple[int, int], device, generator: torch.Generator | None = None,
                  betas: tuple[float, float] = (0.5, 0.99), eps: float = 1e-8):
         self.betas, self.eps = betas, eps
-        self.sources: Sources = {}
-        for p, c in sorted(C.items()):
-            full = torch.rand((*batch_shape, c + 1), generator=generator, device=device)
-            self.sources[p] = (full[..., :c].clone().requires_grad_(True), full[..., c:].clone().requires_grad_(True))
-        self._leaves = [t for pair in self.sources.values() for t in pair]
-        self.exp_avg = [torch.zeros_like(t) for t in self._leaves]
-        self.exp_avg_sq = [torch.zeros_like(t) for t in self._leaves]
+        self.sources: Sources = {p: uniform_source(batch_shape, c, generator, device, trainable=True) for p, c in sorted(C.items())}
+        self.exp_avg: Sources = {p: (torch.zeros_like(r), torch.zeros_like(rd)) for p, (r, rd) in self.sources.items()}
+        self.exp_avg_sq: Sources = {p: (torch.zeros_like(r), torch.zeros_like(rd)) for p, (r, rd) in self.sources.items()}
         self.t = 0
 
     def leaves(self) -> list[torch.Tensor]:
         """r, r_Δ of every module, in sorted path order: the order `adam_ascent_step` takes gradients in."""
-        return self._leaves
+        return _flat(self.sources)
 
     def loss(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor,
             ci_lower: Masks, recon: Reconstruction = None) -> torch.Tensor:
         """Reconstruction loss (default KL(target ‖ masked)) with every module routed and the sources as masks."""
-        logits = decomposition.coefficient_logits(input_ids, source_coefficients(ci_lower, self.sources))
-        return (recon or kl_target_to_masked)(logits, target_out)
+        return (recon or kl_target_to_masked)(source_masked_logits(decomposition, input_ids, ci_lower, self.sources), target_out)
 
     def ascend(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor, ci_lower: Masks, lr: float, n_steps: int,
                recon: Reconstruction = None) -> None:
@@ -208,7 +213,7 @@ class PersistentPGD:
         ci_fixed = {p: g.detach() for p, g in ci_lower.items()}
         for _ in range(n_steps):
             loss = self.loss(decomposition, input_ids, target_out, ci_fixed, recon)
-            self.adam_ascent_step(list(torch.autograd.grad(loss, self._leaves)), lr)
+            self.adam_ascent_step(list(torch.autograd.grad(loss, self.leaves())), lr)
 
     @torch.no_grad()
     def adam_ascent_step(self, grads: list[torch.Tensor], lr: float) -> None:
@@ -216,38 +221,44 @@ class PersistentPGD:
         self.t += 1
         b1, b2 = self.betas
         bias1, bias2 = 1 - b1**self.t, 1 - b2**self.t
-        torch._foreach_lerp_(self.exp_avg, grads, 1 - b1)
-        torch._foreach_mul_(self.exp_avg_sq, b2)
-        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - b2)
-        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        sources, exp_avg, exp_avg_sq = _flat(self.sources), _flat(self.exp_avg), _flat(self.exp_avg_sq)
+        torch._foreach_lerp_(exp_avg, grads, 1 - b1)
+        torch._foreach_mul_(exp_avg_sq, b2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - b2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
         torch._foreach_div_(denom, math.sqrt(bias2))
         torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(self._leaves, self.exp_avg, denom, value=lr / bias1)
-        torch._foreach_clamp_min_(self._leaves, 0.0)
-        torch._foreach_clamp_max_(self._leaves, 1.0)
-        for t in self._leaves:
+        torch._foreach_addcdiv_(sources, exp_avg, denom, value=lr / bias1)
+        torch._foreach_clamp_min_(sources, 0.0)
+        torch._foreach_clamp_max_(sources, 1.0)
+        for t in sources:
             t.grad = None  # the next main backward accumulates afresh
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {"t": torch.tensor(self.t)}
-        for i, p in enumerate(self.sources):
-            for name, store in (("source", self._leaves), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-                out[f"{p}.{name}"] = torch.cat([store[2 * i].detach(), store[2 * i + 1].detach()], -1)
+        for name, store in self._stores():
+            out.update({f"{p}.{name}": torch.cat([r.detach(), r_delta.detach()], -1) for p, (r, r_delta) in store.items()})
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.t = int(tensors["t"])
         with torch.no_grad():
-            for i, p in enumerate(self.sources):
-                r = self._leaves[2 * i]
-                expected = (*r.shape[:-1], r.shape[-1] + 1)
-                for name, store in (("source", self._leaves), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-                    t = tensors[f"{p}.{name}"]
+            for name, store in self._stores():
+                for p, (r, r_delta) in store.items():
+                    t, expected = tensors[f"{p}.{name}"], (*r.shape[:-1], r.shape[-1] + 1)
                     if tuple(t.shape) != expected:
                         raise UserError(f"checkpointed adversary source {p}.{name} has shape {tuple(t.shape)}"
                             f", expected {expected} (batch size or C changed)")
-                    store[2 * i].copy_(t[..., :-1])
-                    store[2 * i + 1].copy_(t[..., -1:])
+                    r.copy_(t[..., :-1])
+                    r_delta.copy_(t[..., -1:])
+
+    def _stores(self) -> tuple[tuple[str, Sources], ...]:
+        """What a checkpoint holds, by its name there; each (r, r_Δ) pair is saved as one [B, T, C+1]."""
+        return (("source", self.sources), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq))
+
+
+def _flat(store: Sources) -> list[torch.Tensor]:
+    return [t for pair in store.values() for t in pair]
 
 
 def eval_pgd_kl(decomposition: Decomposition, input_ids: torch.Tensor, target_logits: torch.Tensor, ci_lower: Masks,
@@ -256,15 +267,12 @@ def eval_pgd_kl(decomposition: Decomposition, input_ids: torch.Tensor, target_lo
     positions, n_steps sign-gradient ascent steps of step_size, clamped to [0, 1]; the final KL."""
     device = input_ids.device
     ci_fixed = {p: g.detach() for p, g in ci_lower.items()}
-    sources: Sources = {}
-    for p, g in ci_fixed.items():
-        full = torch.rand((1, 1, g.shape[-1] + 1), generator=generator, device=device)
-        sources[p] = (full[..., :-1].clone().requires_grad_(True), full[..., -1:].clone().requires_grad_(True))
-    leaves = [t for pair in sources.values() for t in pair]
+    sources = {p: uniform_source((1, 1), g.shape[-1], generator, device, trainable=True) for p, g in ci_fixed.items()}
+    leaves = _flat(sources)
     target = TargetDistribution.of(target_logits)
 
     def kl() -> torch.Tensor:
-        return kl_target_to_masked(decomposition.coefficient_logits(input_ids, source_coefficients(ci_fixed, sources)), target)
+        return kl_target_to_masked(source_masked_logits(decomposition, input_ids, ci_fixed, sources), target)
 
     with torch.enable_grad():
         for _ in range(n_steps):

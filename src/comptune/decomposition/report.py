@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .decomposed import Decomposition
-from .losses import eval_pgd_kl, kl_target_to_masked, sample_stochastic_sources, source_coefficients
+from .losses import eval_pgd_kl, kl_target_to_masked, sample_stochastic_sources, source_masked_logits
 
 ROUNDING_THRESHOLDS = (0.0, 0.1, 0.5)
 ALIVE_THRESHOLD = 1e-6
@@ -60,7 +60,7 @@ def quality_report(
         g, target = ci.lower, ci.target_logits
         ce_sums["target"] = ce_sums.get("target", 0.0) + next_token_ce_sum(target, ids)
         add("unmasked", decomposition.masked_logits(ids, {p: torch.ones_like(g[p]) for p in paths}), target, ids)
-        add("stochastic", decomposition.coefficient_logits(ids, source_coefficients(g, sample_stochastic_sources(g, generator))), target, ids)
+        add("stochastic", source_masked_logits(decomposition, ids, g, sample_stochastic_sources(g, generator)), target, ids)
         add("ci_masked", decomposition.masked_logits(ids, g), target, ids)
         for thr in ROUNDING_THRESHOLDS:
             add(f"rounded_{thr}", decomposition.masked_logits(ids, {p: (g[p] > thr).to(g[p].dtype) for p in paths}), target, ids)

@@ -52,7 +52,7 @@ from .losses import (
     route_sources,
     sample_stochastic_sources,
     sample_subset_routing,
-    source_coefficients,
+    source_masked_logits,
 )
 from .report import quality_report
 from .run_state import (
@@ -436,7 +436,7 @@ class VPDTrainer:
             sources = sample_stochastic_sources(ci.lower, self.mask_rng)
             if config.routing == "uniform_k_subset":
                 sources = route_sources(sources, sample_subset_routing(paths, tuple(ci.lower[paths[0]].shape[:-1]), self.device, self.mask_rng))
-            terms["stochastic"] = self.recon(d.coefficient_logits(batch, source_coefficients(ci.lower, sources)), target_out)
+            terms["stochastic"] = self.recon(source_masked_logits(d, batch, ci.lower, sources), target_out)
         if self.ppgd is None and config.coeff_adversarial > 0:
             self.ppgd = self._make_ppgd(ci.lower)
         if self.ppgd is not None:
