@@ -1,9 +1,12 @@
 """`comptune import-goodfire`: torch-era Goodfire runs written here in the reference layout, imported and
-checked against the reference math computed directly from the raw checkpoint tensors."""
+checked against the reference math computed directly from the raw checkpoint tensors; and runs made by
+their own trainer (tests/fixtures/goodfire_run_*, scripts/make_goodfire_decomposition_fixture.py),
+imported and checked against the outputs their code recorded."""
 
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -714,5 +717,130 @@ def test_the_target_named_by_the_run_is_found_when_it_is_local(tmp_path, capsys)
     run2 = write_run(tmp_path / "run2", "final_config.yaml", config, {2: sd})
     assert main(["import-goodfire", str(run2), "--out", str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err
-    assert "the target the run names (wandb:goodfire/spd/runs/abc123) is not a folder on this machine" in err and "--target-weights" in err
+    assert "the target the run names (wandb:goodfire/spd/runs/abc123) is not a file or folder on this machine" in err and "--target-weights" in err
+    assert not (tmp_path / "out2").exists()
+
+
+# ---------------------------------------------------------------------------- runs made by their trainer
+
+# Made by scripts/make_goodfire_decomposition_fixture.py: their torch-era trainer (param-decomp @ b675341,
+# `param_decomp.optimize.Trainer`) decomposed the GQA target for 30 steps on the CPU with Δ on; each folder
+# holds what it wrote (experiment_config.yaml + model_30.pth) and what their code computed from those files
+# on a fixed batch (reference.safetensors). The target is their pretraining-run layout in goodfire_run_target.
+FIXTURES = Path(__file__).parent / "fixtures"
+THEIR_RUNS = {ci: FIXTURES / f"goodfire_run_{ci}" for ci in ("shared_mlp", "global_shared_transformer")}
+THEIR_TARGET_RUN = FIXTURES / "goodfire_run_target"
+OUR_TYPE_OF_THEIRS = {"shared_mlp": "shared_mlp", "global_shared_transformer": "global_transformer"}
+TOL = 1e-5
+
+
+def their_reference(ci_type):
+    from safetensors.torch import load_file
+
+    return load_file(str(THEIR_RUNS[ci_type] / "reference.safetensors"))
+
+
+def max_diff(a, b):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a.float() - b.float()).abs().max().item()
+
+
+def assert_reproduces_their_run(decomposition, ref):
+    """Every tensor their code recorded, recomputed by comptune's Decomposition to ≤ TOL."""
+    ids = ref["input_ids"]
+    paths = decomposition.module_paths
+    assert paths == sorted(k.removeprefix("ci_lower.") for k in ref if k.startswith("ci_lower."))
+    B, T = ids.shape
+    with torch.no_grad():
+        assert max_diff(decomposition.target_logits(ids), ref["target_logits"]) <= TOL
+        ci = decomposition.causal_importance(ids)
+        assert max_diff(ci.target_logits, ref["target_logits"]) <= TOL
+        z = decomposition.ci_logits(ci.pre_weight_acts)
+        for p in paths:
+            assert max_diff(ci.pre_weight_acts[p], ref[f"pre_weight_acts.{p}"]) <= TOL, p
+            assert max_diff(decomposition.get_components(p).inner_acts(ci.pre_weight_acts[p]), ref[f"inner_acts.{p}"]) <= TOL, p
+            assert max_diff(z[p], ref[f"ci_pre_sigmoid.{p}"]) <= TOL, p
+            assert max_diff(ci.lower[p], ref[f"ci_lower.{p}"]) <= TOL, p
+            assert max_diff(ci.upper[p], ref[f"ci_upper.{p}"]) <= TOL, p
+        ones = {p: torch.ones(B, T, decomposition.C(p)) for p in paths}
+        all_delta = {p: torch.ones(B, T) for p in paths}
+        assert max_diff(decomposition.masked_logits(ids, ones, all_delta), ref["unmasked_delta_logits"]) <= TOL
+        assert max_diff(decomposition.masked_logits(ids, ones), ref["unmasked_logits"]) <= TOL
+        assert max_diff(decomposition.masked_logits(ids, ci.lower), ref["ci_masked_logits"]) <= TOL
+        masks = {p: ref[f"random_mask.{p}"] for p in paths}
+        delta_masks = {p: ref[f"random_delta_mask.{p}"] for p in paths}
+        routing = {p: ref[f"random_routing.{p}"] for p in paths}
+        assert max_diff(decomposition.masked_logits(ids, masks, delta_masks), ref["random_masked_logits"]) <= TOL
+        assert max_diff(decomposition.masked_logits(ids, masks, delta_masks, routing), ref["random_routed_logits"]) <= TOL
+
+
+@pytest.mark.parametrize("ci_type", list(THEIR_RUNS))
+def test_their_trainers_runs_exercise_what_they_claim(ci_type):
+    """The fixtures are no degenerate case: their checkpoint is in the newest key layout, every module
+    of both GQA layers is decomposed (k/v narrower than q), the CI logits fall below 0, inside (0, 1)
+    and above 1 (both sigmoids' branches), Δ and the masks change the output, and routing is mixed."""
+    ref = their_reference(ci_type)
+    sd = torch.load(THEIR_RUNS[ci_type] / "model_30.pth", map_location="cpu", weights_only=True)
+    assert normalize_keys(sd).keys() == sd.keys()  # target_model.*, _components.*, ci_fn.* as written
+    prefix = "ci_fn._ci_fns." if ci_type == "shared_mlp" else "ci_fn._global_ci_fn."
+    assert any(k.startswith(prefix) for k in sd) and any(k.startswith("target_model.") for k in sd)
+    assert sd["_components.h-0-attn-k_proj.U"].shape == (6, 16) and sd["_components.h-0-attn-q_proj.U"].shape == (8, 32)
+    z = torch.cat([v.flatten() for k, v in ref.items() if k.startswith("ci_pre_sigmoid.")])
+    assert (z < 0).any() and ((z > 0) & (z < 1)).any() and (z > 1).any()
+    target = ref["target_logits"]
+    for name in ("unmasked_logits", "ci_masked_logits", "random_masked_logits", "random_routed_logits"):
+        assert max_diff(ref[name], target) > 1e-2, name
+    assert max_diff(ref["unmasked_delta_logits"], target) < 1e-5  # every mask 1 with Δ is the target (SPEC V1.3)
+    routing = torch.stack([v for k, v in ref.items() if k.startswith("random_routing.")])
+    assert routing.any() and not routing.all()
+    their_target = torch.load(THEIR_TARGET_RUN / "checkpoints" / "model_step_1.pt", weights_only=True)
+    gqa_target = torch.load(GQA_FIXTURE / "checkpoints" / "model_step_1.pt", weights_only=True)
+    assert their_target.keys() == gqa_target.keys() and all(torch.equal(their_target[k], gqa_target[k]) for k in gqa_target)
+
+
+@pytest.mark.parametrize("ci_type", list(THEIR_RUNS))
+def test_a_run_of_their_trainer_imports_through_the_cli_and_reproduces_their_outputs(tmp_path, monkeypatch, capsys, ci_type):
+    """SPEC V8.1, V8.2, V1.2, V1.3, V2.1, V2.3, V3.2. A run written by their trainer, imported with no flag:
+    the target is the one its config names (their repo-relative `target.spec.run_path`, a pretraining
+    checkpoint file), built and saved inside the imported folder; components, CI values, inner
+    activations and every masked output they recorded are reproduced to 1e-5."""
+    from comptune.cli import main
+
+    monkeypatch.chdir(Path(__file__).parents[1])  # their run_path is relative to the checkout the run was launched from
+    out = tmp_path / "out"
+    assert main(["import-goodfire", str(THEIR_RUNS[ci_type]), "--out", str(out)]) == 0
+    assert "12 modules (100 subcomponents)" in capsys.readouterr().out
+    meta = json.loads((out / "decomposition.json").read_text())
+    assert meta["provenance"]["step"] == 30 and meta["provenance"]["ci_fn_type"] == ci_type
+    assert "names it" in meta["provenance"]["found_by"] and meta["provenance"]["saved_to"] == "target"
+    model = ComptuneLMForCausalLM.from_pretrained(out / "target")
+    assert (model.config.n_head, model.config.n_kv_head) == (4, 2)
+    decomposition = Decomposition.load(out, model)
+    assert decomposition.ci_config.type == OUR_TYPE_OF_THEIRS[ci_type]
+    sd = torch.load(THEIR_RUNS[ci_type] / "model_30.pth", map_location="cpu", weights_only=True)
+    for p in decomposition.module_paths:
+        comps = decomposition.get_components(p)
+        assert torch.equal(comps.V, sd[f"_components.{dashed(p)}.V"]) and torch.equal(comps.U, sd[f"_components.{dashed(p)}.U"])
+    assert_reproduces_their_run(decomposition, their_reference(ci_type))
+
+
+@pytest.mark.parametrize("ci_type", list(THEIR_RUNS))
+def test_a_run_of_their_trainer_imports_through_the_api_and_reproduces_their_outputs(tmp_path, monkeypatch, ci_type):
+    """SPEC V8.1, V8.2, V2.1. The same through `import_goodfire`, with the target from their pretraining run
+    (`target_weights=`), and again from the saved folder; a run folder as their trainer leaves it
+    (`training_<step>.pth` and `metrics.jsonl` beside the checkpoint) imports the same."""
+    run = tmp_path / "run"
+    shutil.copytree(THEIR_RUNS[ci_type], run)
+    (run / "metrics.jsonl").write_text('{"step": 0}\n')
+    torch.save({"step": 30, "component_model": {}, "pd_config": {"seed": 0}}, run / "training_30.pth")
+    decomposition = import_goodfire(run, tmp_path / "out", target_weights=THEIR_TARGET_RUN)
+    assert decomposition.provenance["checkpoint_file"].endswith("model_30.pth")
+    ref = their_reference(ci_type)
+    assert_reproduces_their_run(decomposition, ref)
+    decomposition.remove_hooks()
+    reloaded = Decomposition.load(tmp_path / "out", ComptuneLMForCausalLM.from_pretrained(tmp_path / "out" / "target"))
+    assert_reproduces_their_run(reloaded, ref)
+    monkeypatch.chdir(tmp_path)  # elsewhere the repo-relative target path does not resolve: the error says what to pass
+    with pytest.raises(ValueError, match=r"goodfire_run_target/checkpoints/model_step_1\.pt\) is not a file or folder.*--target-weights"):
+        import_goodfire(run, tmp_path / "out2")
     assert not (tmp_path / "out2").exists()

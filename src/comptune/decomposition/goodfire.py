@@ -491,18 +491,23 @@ def resolve_target(
 
 
 def _local_target_source(config: GoodfireConfig) -> Path | None:
-    """The run's named target, if it is a folder on this machine (a W&B or hub name is not)."""
+    """The run's named target, if it is on this machine (a W&B or hub name is not): a folder, or a
+    checkpoint file — their trainer's local `target.spec.run_path` is the pretraining checkpoint
+    `.../checkpoints/model_step_<n>.pt` itself (their `PretrainRunInfo.from_path` requires a file)."""
     source = config.target_source
     if not source:
         return None
-    path = Path(source.removeprefix("file://"))
-    return path if path.is_dir() else None
+    path = Path(source.removeprefix("file://")).expanduser()
+    return path if path.exists() else None
 
 
 def _named_source_hint(config: GoodfireConfig) -> str:
     if not config.target_source:
         return ""
-    return f", and the target the run names ({config.target_source}) is not a folder on this machine (download that run's files)"
+    return (
+        f", and the target the run names ({config.target_source}) is not a file or folder on this machine (download that "
+        "run's files; a relative local path in their config is relative to the param-decomp checkout the run was launched from)"
+    )
 
 
 def _target_from_weights(path: Path, config: GoodfireConfig) -> tuple[nn.Module, dict]:
