@@ -9,6 +9,7 @@ import yaml
 from comptune.evaluation.rollouts import rollouts
 from comptune.model.loading import load_model_and_tokenizer
 from comptune.report import make_report, min_budget_table
+from comptune.study.rows import RunRow, RunScore
 from comptune.study.sweep import run_sweep
 from test_study import assets, finished, sweep_config  # noqa: F401  (shared fixtures: tiny model, decomposition, sweep)
 
@@ -45,20 +46,23 @@ def test_report_writes_figures_tables_and_summary(finished, tmp_path):  # noqa: 
 
     # the min-budget table written beside agrees with the rows
     table = json.loads((out / "min_budget.json").read_text())["table"]
-    assert table == min_budget_table([r for r in rows if r["chosen"]], ["single", "lora_r1"], config.budgets)
+    assert table == min_budget_table([RunRow(**r) for r in rows if r["chosen"]], ["single", "lora_r1"], config.budgets)
 
     # the budget curves are the means of the chosen runs' scores
-    curves = {t["method"]: t for t in json.loads((out / "budget_curves.json").read_text())["table"]}
+    curves = {t["name"]: t for t in json.loads((out / "budget_curves.json").read_text())["table"]}
     for m in ("single", "lora_r1"):
         for c in curves[m]["per_budget"]:
-            rs = [r for r in rows if r["chosen"] and r["method"] == m and r["budget"] == c["budget"]]
+            rs = [r for r in rows if r["chosen"] and r["name"] == m and r["budget"] == c["budget"]]
             assert c["runs"] == len(rs) == len(config.seeds)
             assert c["forget_increase"] == pytest.approx(sum(r["score"]["forget_increase"] for r in rs) / len(rs))
             assert c["retain_damage"] == pytest.approx(sum(r["score"]["retain_damage"] for r in rs) / len(rs))
 
 
-def run(method, budget, seed, success, lam=1.0, status="ok"):
-    return {"method": method, "budget": budget, "seed": seed, "lambda_retain": lam, "status": status, "score": {"success": success}}
+def run(name, budget, seed, success, lam=1.0, status="ok"):
+    score = RunScore(forget_ce=0.0, forget_increase=0.0, forget_at_chance=success, retain_damage=0.0, valid_forget_gain=0.0,
+                     valid_damage=0.0, success=success)
+    return RunRow(run_id=f"{name}-{budget}-{seed}-{lam}", name=name, method="component_scale", budget=budget, seed=seed, lambda_retain=lam,
+                  lr=0.1, lora_alpha=None, tune_config={}, status=status, score=score if status == "ok" else None)
 
 
 def test_min_budget_needs_half_the_seeds_at_some_lambda():
@@ -74,14 +78,14 @@ def test_min_budget_needs_half_the_seeds_at_some_lambda():
         # c: never
         run("c", 2, 0, False), run("c", 8, 0, False),
     ]
-    table = {t["method"]: t for t in min_budget_table(rows, ["a", "b", "c", "d"], [2, 4, 8])}
+    table = {t["name"]: t for t in min_budget_table(rows, ["a", "b", "c", "d"], [2, 4, 8])}
     assert table["a"]["min_budget"] == 4
     assert table["a"]["per_budget"][0] == {"budget": 2, "succeeded": 1, "runs": 3, "lambda_retain": 1.0}
     assert table["b"]["min_budget"] == 8
     assert table["b"]["per_budget"] == [{"budget": 2, "succeeded": 0, "runs": 2, "lambda_retain": 1.0},
         {"budget": 8, "succeeded": 2, "runs": 2, "lambda_retain": 10.0}]
     assert table["c"]["min_budget"] is None
-    assert table["d"] == {"method": "d", "min_budget": None, "per_budget": []}
+    assert table["d"] == {"name": "d", "min_budget": None, "per_budget": []}
 
 
 def test_report_refuses_an_unfinished_sweep(assets, tmp_path):  # noqa: F811
@@ -118,7 +122,7 @@ def test_report_robustness_section_attacks_each_chosen_edit_once(finished, tmp_p
     text = summary.read_text()
     assert "## Robustness of the chosen edits" in text and "![robustness](robustness.png)" in text
     table = json.loads((tmp_path / "r1" / "robustness.json").read_text())["table"]
-    assert {(r["method"], r["budget"]) for r in table} == {("single", 8), ("lora_r1", 8)}
+    assert {(r["name"], r["budget"]) for r in table} == {("single", 8), ("lora_r1", 8)}
     rows = {r["run_id"]: r for r in (json.loads(line) for line in (results / "results.jsonl").read_text().splitlines())}
     cached = sorted((results / "robustness").glob("*/run-*.json"))
     assert len(cached) == 2

@@ -15,6 +15,8 @@ from comptune.decomposition import CIConfig, Decomposition
 from comptune.evaluation.ce import evaluate_ce
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 from comptune.study.config import Scoring, SweepConfig
+from comptune.study.rows import RunRow, RunScore, read_chosen, row_json
+from comptune.study.rows import read_rows as read_run_rows
 from comptune.study.sweep import choose_settings, load_inputs, run_sweep
 from comptune.tokenizer import train_tokenizer
 from comptune.tuning.edits import load_edit
@@ -85,7 +87,7 @@ def read_rows(path: Path) -> list[dict]:
 def kill_after(n: int, seen: list):
     """An on_run_done hook recording run ids into `seen` and interrupting after the n-th (a killed driver)."""
     def hook(row):
-        seen.append(row["run_id"])
+        seen.append(row.run_id)
         if len(seen) == n:
             raise KeyboardInterrupt("killed")
     return hook
@@ -112,7 +114,7 @@ def test_sweep_writes_one_row_per_run_and_chooses_on_validation(finished):
     rows = read_rows(out / "results.jsonl")
     assert len(rows) == config.n_runs() == 2 * 2 * 2
     assert len({r["run_id"] for r in rows}) == len(rows)
-    assert {(r["method"], r["budget"], r["lr"]) for r in rows} == {(m, b, lr) for m, lrs in (("single", (0.01, 0.3)), ("lora_r1", (0.001, 0.03)))
+    assert {(r["name"], r["budget"], r["lr"]) for r in rows} == {(m, b, lr) for m, lrs in (("single", (0.01, 0.3)), ("lora_r1", (0.001, 0.03)))
         for b in (4, 8) for lr in lrs}
     base = json.loads((out / "base_ce.json").read_text())
     for r in rows:
@@ -121,19 +123,20 @@ def test_sweep_writes_one_row_per_run_and_chooses_on_validation(finished):
         for d, ce in r["ce"].items():
             assert r["increase"][d] == pytest.approx(ce - base["ce"][d])
         assert r["versions"]["torch"] == torch.__version__
-        assert len(r["final_scalars"]) == (1 if r["method"] == "single" else 0)
+        assert len(r["final_scalars"]) == (1 if r["name"] == "single" else 0)
+        assert r["method"] == ("component_scale" if r["name"] == "single" else "lora")  # the tuning method, as TuneConfig names it
     # the single key is the top of the specificity ranking saved in selection.json
     sel = json.loads((out / "selection.json").read_text())["methods"]["single"]
     assert sel["selection"]["keys"] == [sel["ranking"][0][0]] and len(sel["ranking"]) == 3
-    assert all(r["final_scalars"].keys() == set(sel["selection"]["keys"]) for r in rows if r["method"] == "single")
+    assert all(r["final_scalars"].keys() == set(sel["selection"]["keys"]) for r in rows if r["name"] == "single")
 
     # exactly one chosen lr per (method, budget), and it is what the rule gives on the validation scores
     chosen = [r for r in rows if r["chosen"]]
-    assert sorted((r["method"], r["budget"]) for r in chosen) == sorted((m, b) for m in ("single", "lora_r1") for b in (4, 8))
-    expected = {(c["method"], c["budget"]): c["lr"] for c in choose_settings(rows, config.scoring)}
-    assert all(expected[(r["method"], r["budget"])] == r["lr"] for r in chosen)
+    assert sorted((r["name"], r["budget"]) for r in chosen) == sorted((m, b) for m in ("single", "lora_r1") for b in (4, 8))
+    expected = {(c["name"], c["budget"]): c["lr"] for c in choose_settings([RunRow(**r) for r in rows], config.scoring)}
+    assert all(expected[(r["name"], r["budget"])] == r["lr"] for r in chosen)
     groups = json.loads((out / "chosen.json").read_text())["groups"]
-    assert {(g["method"], g["budget"]): g["lr"] for g in groups} == expected
+    assert {(g["name"], g["budget"]): g["lr"] for g in groups} == expected
 
     # only the chosen runs keep their edit, and re-applying it reproduces the run's evaluation
     assert sorted(p.name for p in (out / "edits").iterdir()) == sorted(r["run_id"] for r in chosen)
@@ -145,12 +148,30 @@ def test_sweep_writes_one_row_per_run_and_chooses_on_validation(finished):
             assert v == pytest.approx(r["ce"][d], abs=1e-5)
 
 
-def row(method, budget, seed, lr, gain, damage, *, status="ok", alpha=None, held_out_forget=0.0):
-    return {
-        "run_id": f"{method}-{budget}-{seed}-{lr}", "method": method, "budget": budget, "seed": seed, "lr": lr,
-        "lora_alpha": alpha, "lambda_retain": 1.0, "status": status,
-        "score": {"valid_forget_gain": gain, "valid_damage": damage, "forget_increase": held_out_forget},
-    }
+def row(name, budget, seed, lr, gain, damage, *, status="ok", alpha=None, held_out_forget=0.0):
+    score = RunScore(forget_ce=0.0, forget_increase=held_out_forget, forget_at_chance=False, retain_damage=0.0,
+                     valid_forget_gain=gain, valid_damage=damage, success=False)
+    return RunRow(run_id=f"{name}-{budget}-{seed}-{lr}", name=name, method="component_scale", budget=budget, seed=seed, lr=lr,
+                  lora_alpha=alpha, lambda_retain=1.0, tune_config={}, status=status, score=score if status == "ok" else None)
+
+
+def test_a_row_reads_back_as_written_and_earlier_rows_read_in_todays_names(finished):
+    """One typed row for the sweep and the report: what the sweep writes validates as `RunRow` and
+    dumps back to the same JSON; rows and chosen.json of the committed study, written when the label
+    was "method" and the tuning method "kind", read with both under today's names."""
+    _, out = finished
+    for r in read_rows(out / "results.jsonl"):
+        assert row_json(RunRow.model_validate(r)) == r
+    earlier = {"run_id": "x", "method": "single_ci_gated", "kind": "component_scale", "budget": 4, "seed": 0, "lambda_retain": 1.0,
+               "lr": 0.1, "lora_alpha": None, "tune_config": {}, "status": "non_finite", "error": "nan", "steps": 3}
+    assert (RunRow.model_validate(earlier).name, RunRow.model_validate(earlier).method) == ("single_ci_gated", "component_scale")
+    with pytest.raises(ValueError, match="scroe"):
+        RunRow.model_validate(earlier | {"scroe": {}})  # a misspelt field is refused, not dropped
+    study = Path(__file__).resolve().parents[1] / "studies" / "study-v2"
+    rows = read_run_rows(study / "results.jsonl")
+    assert {r.name for r in rows} >= {"single", "single_ci_gated", "lora_r1"} and {r.method for r in rows} >= {"component_scale", "lora"}
+    chosen_ids = {rid for g in read_chosen(json.loads((study / "chosen.json").read_text()))["groups"] for rid in g["run_ids"]}
+    assert chosen_ids == {r.run_id for r in rows if r.chosen}
 
 
 def test_choice_rule_uses_validation_scores_only():
@@ -170,9 +191,6 @@ def test_choice_rule_uses_validation_scores_only():
         row("m", 8, 0, 0.01, gain=1.0, damage=0.2), row("m", 8, 1, 0.01, gain=1.0, damage=0.2),
         row("m", 8, 0, 0.003, gain=0.0, damage=0.0), row("m", 8, 1, 0.003, gain=0.0, damage=0.0, status="non_finite"),
     ]
-    for r in rows:
-        if r["status"] != "ok":
-            del r["score"]
     c4, c8 = choose_settings(rows, s)
     assert (c4["budget"], c4["lr"], c4["feasible"]) == (4, 0.01, True)
     assert sorted(c4["run_ids"]) == ["m-4-0-0.01", "m-4-1-0.01"]
@@ -197,7 +215,7 @@ def test_killed_sweep_resumes_without_duplicates(assets, tmp_path):
         f.write('{"run_id": "half-writ')
 
     second = []
-    run_sweep(config, out, on_run_done=lambda r: second.append(r["run_id"]), log=lambda s: None)
+    run_sweep(config, out, on_run_done=lambda r: second.append(r.run_id), log=lambda s: None)
     assert len(second) == config.n_runs() - 3 and not set(first) & set(second)
     runs = read_rows(out / "runs.jsonl")  # every line parses: the partial line was cut off
     assert len(runs) == config.n_runs() and len({r["run_id"] for r in runs}) == len(runs)
@@ -269,7 +287,7 @@ def test_sweep_grows_with_more_seeds(finished, tmp_path):
         run_sweep(grown, out, on_run_done=kill_after_one, log=lambda s: None)
     assert not (out / "results.jsonl").exists() and not (out / "chosen.json").exists()  # unfinished again
     run_sweep(grown, out, on_run_done=new.append, log=lambda s: None)
-    assert len(new) == grown.n_runs() - config.n_runs() and {r["seed"] for r in new} == {1}
+    assert len(new) == grown.n_runs() - config.n_runs() and {r.seed for r in new} == {1}
     runs = read_rows(out / "runs.jsonl")
     assert runs[: len(old)] == old and len(runs) == grown.n_runs()
     chosen = json.loads((out / "chosen.json").read_text())["groups"]
@@ -393,7 +411,7 @@ def test_selection_in_every_basis(assets):
 
     for spec in plan_runs(config, sel):
         _, result = tune(spec.tune_config, copy.deepcopy(inputs.model), inputs.forget_stream, inputs.retain_stream, inputs.decomposition)
-        assert result.steps >= 1 and len(result.final_scalars) == {"single": 1, "local": 0, "svd": 2, "neurons": 3, "fixed": 1}[spec.method]
+        assert result.steps >= 1 and len(result.final_scalars) == {"single": 1, "local": 0, "svd": 2, "neurons": 3, "fixed": 1}[spec.name]
 
 
 def test_selection_by_scan_on_validation_data(assets):

@@ -57,7 +57,7 @@ def test_a_failing_task_is_retried_and_one_that_keeps_failing_is_reported(local_
     base = _base_ce(config, inputs, tmp_path / "b", log=lambda s: None)
     todo = plan_runs(config, _selections(config, inputs, tmp_path / "b", log=lambda s: None))
     rows = [row for row, _files in ray_rows(config, todo, base, task=fail_first_try, log=lambda s: None)]
-    assert [r["run_id"] for r in rows] == [s.run_id for s in todo] and all(r["status"] == "ok" for r in rows)
+    assert [r.run_id for r in rows] == [s.run_id for s in todo] and all(r.status == "ok" for r in rows)
     assert sorted(p.name for p in markers.iterdir()) == sorted(s.run_id for s in todo)  # each failed once, then ran
 
     logged = []

@@ -60,7 +60,7 @@ def build_demo_site(out: Path, config: SweepConfig, device=None, log=print) -> P
 
     if config.decomposition_dir() is None:
         return None
-    edits = [str(out / r["edit"]) for r in rollout_picks(load_results(out)).values()]
+    edits = [str(out / str(r.edit)) for r in rollout_picks(load_results(out)).values()]
     browse = BrowseConfig(model=str(config.model_dir()), decomposition=str(config.decomposition_dir()), blocks=16, edits=edits,
                           edit_blocks=8, rollouts=config.rollout, title="comptune demo: the bundled decomposition and the demo's edits")
     return build_site(browse, out / "browse", device=device, log=log)

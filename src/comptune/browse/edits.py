@@ -8,20 +8,21 @@ from pathlib import Path
 
 import torch
 
-from .._io import load_safetensors, read_jsonl
+from .._io import load_safetensors
 from ..decomposition.components import format_component_key, parse_component_key
 from ..evaluation.ce import evaluate_ce
 from ..evaluation.rollouts import rollouts
+from ..study.rows import read_rows
 from ..tuning.edits import edit_config, load_edit_adapter
 
 
 def _sweep_name(edit_dir: Path) -> str:
-    """`method budget=… seed=… lr=…` for an edit saved by a sweep (…/edits/<run_id>), else the folder's name."""
+    """`name budget=… seed=… lr=…` for an edit saved by a sweep (…/edits/<run_id>), else the folder's name."""
     runs = edit_dir.parent.parent / "runs.jsonl"
     if edit_dir.parent.name == "edits" and runs.is_file():
-        for row in read_jsonl(runs):
-            if row.get("run_id") == edit_dir.name:
-                return f"{row['method']} budget={row['budget']} seed={row['seed']} lr={row['lr']:g}"
+        for row in read_rows(runs):
+            if row.run_id == edit_dir.name:
+                return f"{row.name} budget={row.budget} seed={row.seed} lr={row.lr:g}"
     return edit_dir.name
 
 

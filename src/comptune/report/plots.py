@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator  # noqa: E402
 
 from .._figures import save_figure  # noqa: E402
+from ..study.rows import RunRow  # noqa: E402
 
 MARKERS = "osD^vP*Xh<>"
 
@@ -44,7 +45,7 @@ def method_colors(methods: list[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
-def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int],
+def plot_tradeoff(rows: list[RunRow], methods: list[str], budgets: list[int],
         *, chance_gap: float, max_damage: float, forget_label: str, retain_label: str, stem: Path) -> list[Path]:
     """One panel per budget: x = forget CE increase, y = retain CE increase, one point per run;
     dotted vertical line = forget set at chance (x = ln|V| − base CE), dashed = the damage bound."""
@@ -54,7 +55,7 @@ def plot_tradeoff(rows: list[dict], methods: list[str], budgets: list[int],
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharex=True, sharey=True)
     for ax, budget in zip(axes.flat, budgets):
         for j, m in enumerate(methods):
-            pts = [(r["score"]["forget_increase"], r["score"]["retain_damage"]) for r in rows if r["method"] == m and r["budget"] == budget]
+            pts = [(r.scored.forget_increase, r.scored.retain_damage) for r in rows if r.name == m and r.budget == budget]
             if pts:
                 xs, ys = zip(*pts)
                 ax.scatter(xs, ys, s=22, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.8, label=m, edgecolors="none")
@@ -89,7 +90,7 @@ def plot_budget_curves(table: list[dict], methods: list[str],
     colors = method_colors(methods)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
     for j, m in enumerate(methods):
-        pts = [c for t in table if t["method"] == m for c in t["per_budget"]]
+        pts = [c for t in table if t["name"] == m for c in t["per_budget"]]
         if not pts:
             continue
         xs = [c["budget"] for c in pts]
@@ -112,15 +113,15 @@ def plot_budget_curves(table: list[dict], methods: list[str],
     return save_figure(fig, stem)
 
 
-def plot_off_target(rows: list[dict], methods: list[str], datasets: list[str], *, budget: int, stem: Path) -> list[Path]:
+def plot_off_target(rows: list[RunRow], methods: list[str], datasets: list[str], *, budget: int, stem: Path) -> list[Path]:
     """CE increase per dataset (x) per method (offset), one point per seed, at one budget."""
     colors = method_colors(methods)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(datasets) + 2), 3.8))
     width = 0.8 / max(len(methods), 1)
     for j, m in enumerate(methods):
-        mrows = [r for r in rows if r["method"] == m and r["budget"] == budget]
+        mrows = [r for r in rows if r.name == m and r.budget == budget]
         for i, d in enumerate(datasets):
-            ys = [r["increase"][d] for r in mrows if d in r["increase"]]
+            ys = [r.increase[d] for r in mrows if d in r.increase]
             xs = [i - 0.4 + width * (j + 0.5)] * len(ys)
             ax.scatter(xs, ys, s=18, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.8, label=m if i == 0 else None, edgecolors="none")
     ax.axhline(0, color="grey", lw=0.5)
@@ -133,7 +134,7 @@ def plot_off_target(rows: list[dict], methods: list[str], datasets: list[str], *
     return save_figure(fig, stem)
 
 
-def plot_scalars(rows: list[dict], methods: list[str], budgets: list[int], *, stem: Path) -> list[Path]:
+def plot_scalars(rows: list[RunRow], methods: list[str], budgets: list[int], *, stem: Path) -> list[Path]:
     """Learned scalar values per budget (one point per scalar per run): s < 0 inverts, s > 1 amplifies."""
     colors = method_colors(methods)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(budgets) + 2), 3.8))
@@ -142,7 +143,7 @@ def plot_scalars(rows: list[dict], methods: list[str], budgets: list[int], *, st
     for j, m in enumerate(methods):
         first = True
         for i, b in enumerate(budgets):
-            ys = [s for r in rows if r["method"] == m and r["budget"] == b for s in r["final_scalars"].values()]
+            ys = [s for r in rows if r.name == m and r.budget == b for s in r.final_scalars.values()]
             values += ys
             xs = [i - 0.4 + width * (j + 0.5)] * len(ys)
             ax.scatter(xs, ys, s=14, color=colors[m], marker=MARKERS[j % len(MARKERS)], alpha=0.7, label=m if first else None, edgecolors="none", zorder=3)

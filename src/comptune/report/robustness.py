@@ -19,14 +19,22 @@ from pathlib import Path
 from .._io import versions, write_json_atomic
 from ..errors import UserError
 from ..evaluation.robustness import AttackConfig
+from ..study.rows import RunRow, with_current_names
 from .summary import SweepResults
 
 ROBUSTNESS_DIR = "robustness"
+RUN_FIELDS = ("run_id", "name", "method", "budget", "seed", "lambda_retain", "lr", "lora_alpha", "edit")  # a record's `run`
 MIN_REMOVED_TO_PLOT = 1.0  # nats of target CE an edit must remove for its recovery curve to be drawn
 
 
 def _read(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def _read_record(path: Path) -> dict:
+    """One attacked run's record, its `run` in today's field names (`study.rows.with_current_names`)."""
+    rec = _read(path)
+    return {**rec, "run": with_current_names(rec["run"])}
 
 
 def study_attack_config(res: SweepResults, overrides: dict | None = None) -> AttackConfig:
@@ -37,9 +45,9 @@ def study_attack_config(res: SweepResults, overrides: dict | None = None) -> Att
     return AttackConfig.model_validate(fields)
 
 
-def robustness_picks(res: SweepResults, budgets: list[int]) -> list[dict]:
+def robustness_picks(res: SweepResults, budgets: list[int]) -> list[RunRow]:
     """Per method and asked budget, the chosen run (first λ, smallest seed) that saved an edit."""
-    have = {r["budget"] for r in res.chosen_rows}
+    have = {r.budget for r in res.chosen_rows}
     missing = sorted(set(budgets) - have)
     if missing:
         raise UserError(f"the study in {res.directory} has no chosen runs at budget(s) {missing}; it has {sorted(have)}")
@@ -47,10 +55,10 @@ def robustness_picks(res: SweepResults, budgets: list[int]) -> list[dict]:
     picks = []
     for m in res.methods:
         for b in budgets:
-            cands = [r for r in res.chosen_rows if r["method"] == m and r["budget"] == b and r["lambda_retain"] == lam
-                     and r.get("edit") and (res.directory / r["edit"]).is_dir()]
+            cands = [r for r in res.chosen_rows if r.name == m and r.budget == b and r.lambda_retain == lam
+                     and r.edit and (res.directory / r.edit).is_dir()]
             if cands:
-                picks.append(min(cands, key=lambda r: r["seed"]))
+                picks.append(min(cands, key=lambda r: r.seed))
     return picks
 
 
@@ -68,10 +76,10 @@ def cached_robustness(res: SweepResults) -> tuple[AttackConfig, list[dict]] | No
     written = _read(d / "config.json")
     config = AttackConfig.model_validate(written["config"])
     # only the runs that are picks now: a grown study may have chosen another lr since
-    current = {r["run_id"] for r in robustness_picks(res, written.get("budgets") or sorted({r["budget"] for r in res.chosen_rows}))}
+    current = {r.run_id for r in robustness_picks(res, written.get("budgets") or sorted({r.budget for r in res.chosen_rows}))}
     order = {m: i for i, m in enumerate(res.methods)}
-    records = [rec for rec in map(_read, d.glob("run-*.json")) if rec["run"]["run_id"] in current]
-    return config, sorted(records, key=lambda r: (order.get(r["run"]["method"], len(order)), r["run"]["budget"]))
+    records = [rec for rec in map(_read_record, d.glob("run-*.json")) if rec["run"]["run_id"] in current]
+    return config, sorted(records, key=lambda r: (order.get(r["run"]["name"], len(order)), r["run"]["budget"]))
 
 
 def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, log=print, device=None) -> list[dict]:
@@ -87,14 +95,14 @@ def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, 
     out = _config_dir(res, config)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", {"config": config.model_dump(mode="json"), "budgets": budgets, "versions": versions()})
-    todo = [r for r in picks if not (out / f"run-{r['run_id']}.json").is_file()]
+    todo = [r for r in picks if not (out / f"run-{r.run_id}.json").is_file()]
     log(f"robustness: {len(picks)} edits ({len(picks) - len(todo)} already attacked) in {out}")
     if todo:
         base, tokenizer = load_model_and_tokenizer(res.config.model_dir(), device=device)
         base.eval()
         weights = {n: p.detach().clone() for n, p in base.named_parameters()}
         decomposition = None
-        if any(is_ci_gated(res.directory / r["edit"]) for r in todo):
+        if any(is_ci_gated(res.directory / str(r.edit)) for r in todo):
             from ..decomposition import Decomposition
 
             decomposition = Decomposition.load(res.config.decomposition_dir(), copy.deepcopy(base))
@@ -104,17 +112,17 @@ def run_robustness(res: SweepResults, budgets: list[int], config: AttackConfig, 
         base_path = out / "base_curves.json"
         base_curves = _read(base_path)["curves"] if base_path.is_file() else {}
         for i, r in enumerate(todo, 1):
-            log(f"robustness [{i}/{len(todo)}]: {r['method']} at budget {r['budget']} (run {r['run_id']})")
+            log(f"robustness [{i}/{len(todo)}]: {r.name} at budget {r.budget} (run {r.run_id})")
             model = copy.deepcopy(base)
-            edit = dosable(load_edit_adapter(res.directory / r["edit"], model, decomposition), weights)
-            forget_block, _ = take_budget(forget_stream, r["budget"], r["seed"])
+            edit = dosable(load_edit_adapter(res.directory / str(r.edit), model, decomposition), weights)
+            forget_block, _ = take_budget(forget_stream, r.budget, r.seed)
             result = attack_edit(edit, base, attack_stream, eval_sets, config, exclude={"the run's forget tokens": forget_block.unsqueeze(0)},
                                  base_curves=base_curves)
             write_json_atomic(base_path, {"curves": base_curves, "config": config.model_dump(mode="json")})
-            write_json_atomic(out / f"run-{r['run_id']}.json", {
-                "run": {k: r[k] for k in ("run_id", "method", "kind", "budget", "seed", "lambda_retain", "lr", "lora_alpha", "edit")},
+            write_json_atomic(out / f"run-{r.run_id}.json", {
+                "run": r.model_dump(include=set(RUN_FIELDS)),
                 "result": result, "config": config.model_dump(mode="json"), "seed": config.seed, "versions": versions()})
-    return [_read(out / f"run-{r['run_id']}.json") for r in picks]
+    return [_read_record(out / f"run-{r.run_id}.json") for r in picks]
 
 
 def robustness_table(records: list[dict], config: AttackConfig) -> list[dict]:
@@ -124,7 +132,7 @@ def robustness_table(records: list[dict], config: AttackConfig) -> list[dict]:
     rows = []
     for rec in records:
         r, res = rec["run"], rec["result"]
-        row = {"method": r["method"], "budget": r["budget"], "seed": r["seed"], "removed": res["removed"], "damage": res["damage"]}
+        row = {"name": r["name"], "budget": r["budget"], "seed": r["seed"], "removed": res["removed"], "damage": res["damage"]}
         for q in res.get("quantisation") or []:
             row[f"{q['scheme']}_removed"] = q["removed"]
         half = [d for d in res["dose"] if d["t"] == 0.5]
@@ -164,7 +172,7 @@ def robustness_markdown(rows: list[dict], config: AttackConfig, figure: str | No
             return "–" if key not in r or r[key] is None or (isinstance(r[key], float) and math.isnan(r[key])) else f"{r[key]:+.2f}"
 
         atts = [f"{step(r, a, n, lr_lo)} / {step(r, a, n, lr_hi)}" for a in ("full", "lora") for n in (n_lo, n_hi)]
-        L.append(f"| {r['method']} | {r['budget']} | {r['removed']:+.2f} | {cell('int8_removed')} | {cell('int4_removed')} | "
+        L.append(f"| {r['name']} | {r['budget']} | {r['removed']:+.2f} | {cell('int8_removed')} | {cell('int4_removed')} | "
                  f"{cell('half_dose_removed')} | " + " | ".join(atts) + f" | {cell(f'full_{n_hi}_lr{lr_lo:g}_final_gap')} |")
     return L
 
@@ -175,7 +183,7 @@ def plot_robustness(records: list[dict], config: AttackConfig, stem: Path) -> li
     from .._figures import plt, save_figure
     from .plots import method_colors
 
-    methods = list(dict.fromkeys(rec["run"]["method"] for rec in records))
+    methods = list(dict.fromkeys(rec["run"]["name"] for rec in records))
     colors = method_colors(methods)
     budgets = sorted({rec["run"]["budget"] for rec in records})
     styles = {b: ls for b, ls in zip(budgets, ["--", "-", ":", "-."])}
@@ -184,14 +192,14 @@ def plot_robustness(records: list[dict], config: AttackConfig, stem: Path) -> li
     tgt = config.target
     for rec in records:
         run, res = rec["run"], rec["result"]
-        label = f"{run['method']} @{run['budget']}"
+        label = f"{run['name']} @{run['budget']}"
         base, removed = res["base_ce"][tgt], res["removed"]
         full = [a for a in res.get("relearning") or [] if a["attacker"] == "full" and a["tokens"] == n_hi]
         if full and removed >= MIN_REMOVED_TO_PLOT:  # a fraction of almost nothing says nothing
             c = full[0]["curve"]
-            ax_r.plot(c["steps"], [(v - base) / removed for v in c["ce"][tgt]], ls=styles[run["budget"]], color=colors[run["method"]], label=label)
+            ax_r.plot(c["steps"], [(v - base) / removed for v in c["ce"][tgt]], ls=styles[run["budget"]], color=colors[run["name"]], label=label)
         ax_d.plot([d["t"] for d in res["dose"]], [d["ce"][tgt] - base for d in res["dose"]], ls=styles[run["budget"]],
-                  color=colors[run["method"]], marker="o", ms=3, label=label)
+                  color=colors[run["name"]], marker="o", ms=3, label=label)
     ax_r.axhline(0.5, color="k", lw=0.6, ls=":")
     ax_r.set_ylim(-0.2, 1.5)
     ax_r.set(xlabel="attack step (full fine-tuning)", ylabel="fraction of the removed CE still removed",

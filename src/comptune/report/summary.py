@@ -21,10 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from .._io import read_jsonl, versions, write_json_atomic, write_text_atomic
+from .._io import versions, write_json_atomic, write_text_atomic
 from ..errors import UserError
 from ..evaluation.rollouts import rollouts_markdown
 from ..study.config import SweepConfig
+from ..study.rows import RunRow, read_chosen, read_rows
 from .plots import plot_budget_curves, plot_off_target, plot_scalars, plot_tradeoff
 
 SCALAR_PLOT_MAX_KEYS = 32  # methods with more scalars per run (the L1-over-modules variant) are summarised, not plotted
@@ -34,14 +35,14 @@ SCALAR_PLOT_MAX_KEYS = 32  # methods with more scalars per run (the L1-over-modu
 class SweepResults:
     directory: Path
     config: SweepConfig
-    rows: list[dict]  # every run, each with `chosen`
-    chosen: dict
+    rows: list[RunRow]  # every run, each with `chosen`
+    chosen: dict  # chosen.json, groups named by `name`
     base: dict
     selection: dict
 
     @property
-    def chosen_rows(self) -> list[dict]:
-        return [r for r in self.rows if r["chosen"] and r["status"] == "ok"]
+    def chosen_rows(self) -> list[RunRow]:
+        return [r for r in self.rows if r.chosen and r.status == "ok"]
 
     @property
     def methods(self) -> list[str]:
@@ -57,12 +58,12 @@ def load_results(results_dir: str | Path) -> SweepResults:
         again = f"comptune demo{' --full' if name == 'full' else ''} --out {d}" if name in ("demo", "full") else f"comptune sweep CONFIG --out {d}"
         raise FileNotFoundError(f"the sweep in {d} has not finished (no results.jsonl); run `{again}` again to complete it (it resumes)")
     config = SweepConfig.model_validate(yaml.safe_load((d / "sweep_config.yaml").read_text()))
-    rows = read_jsonl(d / "results.jsonl")
+    rows = read_rows(d / "results.jsonl")
     if not rows:
         raise UserError(f"{d / 'results.jsonl'} holds no runs")
     return SweepResults(
         d, config, rows,
-        json.loads((d / "chosen.json").read_text()),
+        read_chosen(json.loads((d / "chosen.json").read_text())),
         json.loads((d / "base_ce.json").read_text()),
         json.loads((d / "selection.json").read_text()),
     )
@@ -73,8 +74,8 @@ def at_least_half(k: int, n: int) -> bool:
     return 2 * k >= n
 
 
-def min_budget_table(rows: list[dict], methods: list[str], budgets: list[int]) -> list[dict]:
-    """Per method: the smallest budget at which ≥ half the seeds of some lambda succeed
+def min_budget_table(rows: list[RunRow], methods: list[str], budgets: list[int]) -> list[dict]:
+    """Per method (entry `name`): the smallest budget at which ≥ half the seeds of some lambda succeed
     (`score.success`: forget set at chance and damage below the bound), with per-budget counts
     (for the lambda with the best success rate)."""
     out = []
@@ -84,36 +85,36 @@ def min_budget_table(rows: list[dict], methods: list[str], budgets: list[int]) -
         for b in budgets:
             by_lambda: dict[float, list[bool]] = {}
             for r in rows:
-                if r["method"] == m and r["budget"] == b and r["status"] == "ok":
-                    by_lambda.setdefault(r["lambda_retain"], []).append(bool(r["score"]["success"]))
+                if r.name == m and r.budget == b and r.score is not None:
+                    by_lambda.setdefault(r.lambda_retain, []).append(r.score.success)
             if not by_lambda:
                 continue
             lam, ok = max(by_lambda.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
             per_budget.append({"budget": b, "succeeded": sum(ok), "runs": len(ok), "lambda_retain": lam})
             if reached is None and at_least_half(sum(ok), len(ok)):
                 reached = b
-        out.append({"method": m, "min_budget": reached, "per_budget": per_budget})
+        out.append({"name": m, "min_budget": reached, "per_budget": per_budget})
     return out
 
 
-def budget_curve_table(rows: list[dict], methods: list[str], budgets: list[int], lambda_retain: float) -> list[dict]:
-    """Per method and budget, over the seeds of `lambda_retain`: mean forget CE increase, mean
+def budget_curve_table(rows: list[RunRow], methods: list[str], budgets: list[int], lambda_retain: float) -> list[dict]:
+    """Per method (entry `name`) and budget, over the seeds of `lambda_retain`: mean forget CE increase, mean
     retain damage, and how many seeds put the forget set at chance (whatever their damage)."""
     out = []
     for m in methods:
         per_budget = []
         for b in budgets:
-            rs = [r for r in rows if r["method"] == m and r["budget"] == b and r["lambda_retain"] == lambda_retain and r["status"] == "ok"]
+            rs = [r.scored for r in rows if r.name == m and r.budget == b and r.lambda_retain == lambda_retain and r.status == "ok"]
             if not rs:
                 continue
             n = len(rs)
             per_budget.append({
                 "budget": b, "runs": n,
-                "forget_increase": sum(r["score"]["forget_increase"] for r in rs) / n,
-                "retain_damage": sum(r["score"]["retain_damage"] for r in rs) / n,
-                "forget_at_chance": sum(bool(r["score"]["forget_at_chance"]) for r in rs),
+                "forget_increase": sum(r.forget_increase for r in rs) / n,
+                "retain_damage": sum(r.retain_damage for r in rs) / n,
+                "forget_at_chance": sum(r.forget_at_chance for r in rs),
             })
-        out.append({"method": m, "lambda_retain": lambda_retain, "per_budget": per_budget})
+        out.append({"name": m, "lambda_retain": lambda_retain, "per_budget": per_budget})
     return out
 
 
@@ -133,9 +134,9 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, r
         raise UserError(f"no chosen run finished in {res.directory}: every setting diverged (see runs' `error`)")
     chance = res.base["chance"]
     chance_gap = chance - res.base["ce"][s.forget_eval]
-    budgets = sorted({r["budget"] for r in rows})
+    budgets = sorted({r.budget for r in rows})
     largest = budgets[-1]
-    methods = [m for m in res.methods if any(r["method"] == m for r in rows)]
+    methods = [m for m in res.methods if any(r.name == m for r in rows)]
 
     figures = {
         "tradeoff": plot_tradeoff(rows, methods, budgets, chance_gap=chance_gap, max_damage=s.max_damage,
@@ -163,20 +164,20 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, r
     return path
 
 
-def _is_plottable_scalar(cfg: SweepConfig, rows: list[dict], method: str) -> bool:
-    sizes = [len(r["final_scalars"]) for r in rows if r["method"] == method]
+def _is_plottable_scalar(cfg: SweepConfig, rows: list[RunRow], name: str) -> bool:
+    sizes = [len(r.final_scalars) for r in rows if r.name == name]
     return bool(sizes) and 0 < max(sizes) <= SCALAR_PLOT_MAX_KEYS
 
 
 # --------------------------------------------------------------------------- rollouts
-def rollout_picks(res: SweepResults) -> dict[str, dict]:
+def rollout_picks(res: SweepResults) -> dict[str, RunRow]:
     """Per method, the chosen run at its largest budget, first lambda, smallest seed, that saved an edit."""
     picks = {}
     for m in res.methods:
-        cands = [r for r in res.chosen_rows if r["method"] == m and r.get("edit") and (res.directory / r["edit"]).is_dir()]
+        cands = [r for r in res.chosen_rows if r.name == m and r.edit and (res.directory / r.edit).is_dir()]
         if cands:
             lam_order = {lam: i for i, lam in enumerate(res.config.lambda_retain)}
-            picks[m] = min(cands, key=lambda r: (-r["budget"], lam_order.get(r["lambda_retain"], 0), r["seed"]))
+            picks[m] = min(cands, key=lambda r: (-r.budget, lam_order.get(r.lambda_retain, 0), r.seed))
     return picks
 
 
@@ -191,20 +192,20 @@ def _rollouts(res: SweepResults, out: Path, log, device=None) -> list[dict] | No
         return None
     base, tokenizer = load_model_and_tokenizer(res.config.model_dir(), device=device)
     decomposition = None
-    if any(is_ci_gated(res.directory / r["edit"]) for r in picks.values()):
+    if any(is_ci_gated(res.directory / str(r.edit)) for r in picks.values()):
         from ..decomposition import Decomposition
 
         decomposition = Decomposition.load(res.config.decomposition_dir(), copy.deepcopy(base))
     models = {"base": base}
     for m, r in picks.items():
-        models[m] = load_edit(res.directory / r["edit"], copy.deepcopy(base), decomposition)
+        models[m] = load_edit(res.directory / str(r.edit), copy.deepcopy(base), decomposition)
     ro = res.config.rollout
     log(f"report: rollouts of {len(models)} models on {len(ro.prompts)} prompts")
     rows = rollouts(models, tokenizer, list(ro.prompts.values()), max_new_tokens=ro.max_new_tokens)
     for lang, row in zip(ro.prompts, rows):
         row["lang"] = lang
     write_json_atomic(out / "rollouts.json", {
-        "picked_runs": {m: {k: r[k] for k in ("run_id", "budget", "seed", "lambda_retain", "lr", "lora_alpha", "edit")} for m, r in picks.items()},
+        "picked_runs": {m: r.model_dump(include={"run_id", "budget", "seed", "lambda_retain", "lr", "lora_alpha", "edit"}) for m, r in picks.items()},
         "max_new_tokens": ro.max_new_tokens, "decoding": "greedy", "rollouts": rows, "versions": versions(),
     })
     return rows
@@ -267,7 +268,7 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
     for t in table:
         counts = {c["budget"]: f"{c['succeeded']}/{c['runs']}" for c in t["per_budget"]}
         cells = [counts.get(b, "–") for b in budgets]
-        L.append(f"| {t['method']} | {t['min_budget'] if t['min_budget'] is not None else 'not reached'} | " + " | ".join(cells) + " |")
+        L.append(f"| {t['name']} | {t['min_budget'] if t['min_budget'] is not None else 'not reached'} | " + " | ".join(cells) + " |")
 
     L += ["", "## Forget gain and damage per budget", ""]
     if "budget_curves" in figures:
@@ -278,11 +279,11 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
     for t in curves:
         cells = {c["budget"]: f"{c['forget_increase']:+.2f} / {c['retain_damage']:+.3f}" + (" †" if at_least_half(c["forget_at_chance"], c["runs"]) else "")
                  for c in t["per_budget"]}
-        L.append(f"| {t['method']} | " + " | ".join(cells.get(b, "–") for b in budgets) + " |")
+        L.append(f"| {t['name']} | " + " | ".join(cells.get(b, "–") for b in budgets) + " |")
 
     L += ["", "## Chosen learning rates", "", "`*` = no setting kept validation damage under the bound (least damaging taken).", "",
           "| budget | " + " | ".join(res.methods) + " |", "|---|" + "---|" * len(res.methods)]
-    choice = {(c["method"], c["budget"]): c for c in res.chosen["groups"] if c["lambda_retain"] == cfg.lambda_retain[0]}
+    choice = {(c["name"], c["budget"]): c for c in res.chosen["groups"] if c["lambda_retain"] == cfg.lambda_retain[0]}
     for b in budgets:
         cells = []
         for m in res.methods:
@@ -303,12 +304,12 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
           "Mean (min … max) over seeds, nats.", "", "| method | " + " | ".join(f"`{d}`" for d in cfg.eval_datasets) + " |",
           "|---|" + "---|" * len(cfg.eval_datasets)]
     for m in res.methods:
-        mrows = [r for r in rows if r["method"] == m and r["budget"] == largest]
+        mrows = [r for r in rows if r.name == m and r.budget == largest]
         if not mrows:
             continue
         cells = []
         for d in cfg.eval_datasets:
-            v = [r["increase"][d] for r in mrows]
+            v = [r.increase[d] for r in mrows]
             cells.append(f"{sum(v) / len(v):+.3f} ({min(v):+.2f} … {max(v):+.2f})")
         L.append(f"| {m} | " + " | ".join(cells) + " |")
     L += ["", "Base model CE (nats/token): " + ", ".join(f"`{d}` {res.base['ce'][d]:.3f}" for d in cfg.eval_datasets)]
@@ -319,10 +320,10 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
               "| method | budget | runs | scalars | inverting | suppressing | amplifying | median s |", "|---|---|---|---|---|---|---|---|"]
         for m in scalar_methods:
             for b in budgets:
-                vals = sorted(v for r in rows if r["method"] == m and r["budget"] == b for v in r["final_scalars"].values())
+                vals = sorted(v for r in rows if r.name == m and r.budget == b for v in r.final_scalars.values())
                 if not vals:
                     continue
-                n_runs = sum(1 for r in rows if r["method"] == m and r["budget"] == b)
+                n_runs = sum(1 for r in rows if r.name == m and r.budget == b)
                 inv = sum(v < 0 for v in vals)
                 amp = sum(v > 1 for v in vals)
                 L.append(f"| {m} | {b} | {n_runs} | {len(vals)} | {inv} | {len(vals) - inv - amp} | {amp} | {statistics.median(vals):+.3g} |")

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import UserError
+from .rows import RunRow
 
 _inputs_cache: dict[str, object] = {}  # per Ray worker process: inputs loaded once per sweep config
 
 
-def run_remote(config, spec, base: dict) -> tuple[dict, dict[str, bytes]]:
+def run_remote(config, spec, base: dict) -> tuple[RunRow, dict[str, bytes]]:
     """One run inside a Ray worker: (row, {file name: bytes} of its saved edit)."""
     import torch
 
@@ -33,8 +34,8 @@ def run_remote(config, spec, base: dict) -> tuple[dict, dict[str, bytes]]:
     with tempfile.TemporaryDirectory() as tmp:
         row = _run_one(config, spec, _inputs_cache[key], base, Path(tmp))
         files = {}
-        if row.get("edit"):
-            edit = Path(tmp) / row["edit"]
+        if row.edit:
+            edit = Path(tmp) / row.edit
             files = {p.name: p.read_bytes() for p in sorted(edit.iterdir()) if p.is_file()}
     return row, files
 
@@ -58,7 +59,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def ray_rows(config, todo: list, base: dict, *, log: Callable[[str], None] = print,
-             task: Callable = run_remote) -> Iterator[tuple[dict, dict[str, bytes]]]:
+             task: Callable = run_remote) -> Iterator[tuple[RunRow, dict[str, bytes]]]:
     """(row, edit files) of each run in `todo` as its task finishes; `task` is the function each Ray
     task runs (tests give one that fails on purpose). Raises after the last task if any run failed."""
     import ray
@@ -75,7 +76,7 @@ def ray_rows(config, todo: list, base: dict, *, log: Callable[[str], None] = pri
         except ray.exceptions.RayError as e:
             cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             failed.append((spec.run_id, cause))
-            log(f"run {spec.run_id} ({spec.method}) failed after {1 + r.max_retries} tries: {cause}")
+            log(f"run {spec.run_id} ({spec.name}) failed after {1 + r.max_retries} tries: {cause}")
     if failed:
         raise UserError(f"{len(failed)} run(s) failed after {1 + r.max_retries} tries each ({', '.join(rid for rid, _ in failed)}); "
                         "the finished runs are kept: run the same sweep again to retry them")

@@ -5,16 +5,16 @@ Out directory layout:
     sweep_config.yaml   the config (a re-run with a different config in the same dir is refused)
     selection.json      each method's resolved selection and the rankings it came from
     base_ce.json        the base model's CE on every evaluation/validation set (computed once)
-    runs.jsonl          one row per finished run, appended as one complete line (resume log)
+    runs.jsonl          one row per finished run (`study.rows.RunRow`), appended as one complete line (resume log)
     edits/<run_id>/     the saved edit of every chosen run (ComponentScale adapter or peft adapter)
-    chosen.json         the (lr, alpha) chosen per (method, budget, lambda) on validation data
+    chosen.json         the (lr, alpha) chosen per (name, budget, lambda) on validation data
     results.jsonl       the final rows, each with `chosen`, written when the sweep is complete
 
 Workers: `workers=N` runs N runs at a time in spawned processes with one torch thread each (the
 parent keeps all bookkeeping and is the only writer of runs.jsonl). Runs are independent and
 seeded, so the rows do not depend on N beyond float rounding across thread counts.
 
-Resuming: a run's id is a hash of its full TuneConfig and method name; runs whose row is already
+Resuming: a run's id is a hash of its full TuneConfig and the method entry's name; runs whose row is already
 in runs.jsonl are skipped, a trailing partial line (killed writer) is cut off before appending.
 
 Growing: a finished (or unfinished) sweep may be re-run with more `seeds` or `budgets` and no other
@@ -23,7 +23,7 @@ and chosen.json are removed; runs.jsonl keeps every row). Edits of runs that wer
 deleted as groups complete, so if the extra seeds change a group's choice, the earlier seeds of the
 new choice have rows but no saved edit.
 
-Learning-rate choice (per method, budget and lambda; never on the evaluation sets): for every
+Learning-rate choice (per method entry, budget and lambda; never on the evaluation sets): for every
 (lr, alpha) average over seeds the *validation* forget gain min(CE, ln|V|) − CE_base on
 `scoring.forget_valid` and the validation damage on `scoring.retain_valid`. Among settings whose
 mean damage is below `scoring.max_damage`, keep those within `tie_tolerance` of the best forget
@@ -52,13 +52,14 @@ import torch
 import torch.nn as nn
 import yaml
 
-from .._io import append_jsonl, atomic_directory, read_jsonl, versions, write_json_atomic, write_text_atomic
+from .._io import append_jsonl, atomic_directory, versions, write_json_atomic, write_text_atomic
 from ..corpus.datasets import sample_blocks
 from ..errors import UserError
 from ..model.loading import context_length
 from ..tuning import NonFiniteLossError, Selection, TuneConfig, take_budget, tune
 from ..tuning.edits import edited_lm
 from .config import LORA_METHODS, SweepConfig
+from .rows import RunRow, RunScore, read_rows, row_json
 from .selection import resolve_selections
 
 Log = Callable[[str], None]
@@ -84,13 +85,13 @@ class StudyInputs:
 @dataclass
 class RunSpec:
     run_id: str
-    method: str  # MethodSpec.name
+    name: str  # MethodSpec.name
     tune_config: TuneConfig
 
     @property
     def group(self) -> tuple[str, int, float]:
         c = self.tune_config
-        return (self.method, c.budget, c.lambda_retain)
+        return (self.name, c.budget, c.lambda_retain)
 
 
 def load_inputs(config: SweepConfig, device: torch.device | str | None = None) -> StudyInputs:
@@ -166,9 +167,10 @@ def tune_config(config: SweepConfig, spec, selection: dict | None, *, budget: in
     )
 
 
-def run_id(method: str, cfg: TuneConfig) -> str:
-    """Deterministic id of a run: same method name and TuneConfig → same id, across processes."""
-    blob = json.dumps({"method": method, "tune": cfg.model_dump(mode="json")}, sort_keys=True)
+def run_id(name: str, cfg: TuneConfig) -> str:
+    """Deterministic id of a run: same method entry name and TuneConfig → same id, across processes."""
+    # the key is "method" for the name, as it was when the committed studies' ids were made
+    blob = json.dumps({"method": name, "tune": cfg.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -181,7 +183,7 @@ def run_sweep(
     workers: int = 1,
     ray: str | bool = False,
     device: torch.device | str | None = None,
-    on_run_done: Callable[[dict], None] | None = None,
+    on_run_done: Callable[[RunRow], None] | None = None,
     log: Log = print,
 ) -> Path:
     """Run (or resume) the sweep into `out_dir`; returns the path of results.jsonl.
@@ -220,7 +222,7 @@ def run_sweep(
         runs = plan_runs(config, selections)
         runs_path = out_dir / "runs.jsonl"
         _cut_partial_line(runs_path)
-        done = {r["run_id"] for r in read_jsonl(runs_path)}
+        done = {r.run_id for r in read_rows(runs_path)}
         todo = [r for r in runs if r.run_id not in done]
         log(f"sweep {config.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run → {out_dir}")
         if todo:
@@ -232,13 +234,13 @@ def run_sweep(
         specs = {r.run_id: r for r in todo}
         t0 = time.perf_counter()
         for i, row in enumerate(_execute(config, todo, inputs, base, out_dir, workers, ray, log, device)):
-            spec = specs[row["run_id"]]
-            append_jsonl(runs_path, row)
+            spec = specs[row.run_id]
+            append_jsonl(runs_path, row_json(row))
             done.add(spec.run_id)
             elapsed = time.perf_counter() - t0
             log(f"[{len(done)}/{len(runs)}] {_describe(row, config)}  (eta {elapsed / (i + 1) * (len(todo) - i - 1) / 60:.1f} min)")
             if all(rid in done for rid in groups[spec.group]):
-                _prune_edits(config, read_jsonl(runs_path), out_dir, [spec.group])
+                _prune_edits(config, read_rows(runs_path), out_dir, [spec.group])
             if on_run_done is not None:
                 on_run_done(row)
         return finalize(config, out_dir)
@@ -253,30 +255,30 @@ def expected_minutes(todo: list[RunSpec], inputs: StudyInputs, workers: int, pro
     torch.set_num_threads(1)
     try:
         for spec in todo:
-            if spec.method not in per_step:
+            if spec.name not in per_step:
                 probe = spec.tune_config.model_copy(update={"max_steps": probe_steps, "patience": probe_steps})
                 t0 = time.perf_counter()
                 try:
                     tune(probe, copy.deepcopy(inputs.model), inputs.forget_stream, inputs.retain_stream, inputs.decomposition)
                 except NonFiniteLossError:  # a diverging setting still timed its steps
                     pass
-                per_step[spec.method] = (time.perf_counter() - t0) / probe_steps
+                per_step[spec.name] = (time.perf_counter() - t0) / probe_steps
     finally:
         torch.set_num_threads(threads)
-    total_s = sum(per_step[s.method] * s.tune_config.max_steps for s in todo)
+    total_s = sum(per_step[s.name] * s.tune_config.max_steps for s in todo)
     return total_s / min(workers, len(todo)) / 60
 
 
 def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base: dict, out_dir: Path, workers: int,
-             ray: str | bool = False, log: Log = print, device=None) -> Iterator[dict]:
+             ray: str | bool = False, log: Log = print, device=None) -> Iterator[RunRow]:
     """Rows of the runs in `todo` as they finish: here, in a pool of `workers` processes, or as Ray
     tasks whose edits come back as files that only this process writes."""
     if ray:
         from .ray_backend import ray_rows
 
         for row, files in ray_rows(config, todo, base, log=log):
-            if files:
-                with atomic_directory(out_dir / row["edit"]) as tmp:
+            if files and row.edit:
+                with atomic_directory(out_dir / row.edit) as tmp:
                     for name, data in files.items():
                         (tmp / name).write_bytes(data)
             yield row
@@ -323,7 +325,7 @@ def _terminate_with_parent() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _run_in_worker(spec: RunSpec) -> dict:
+def _run_in_worker(spec: RunSpec) -> RunRow:
     config, inputs, base, out_dir = _worker_state
     return _run_one(config, spec, inputs, base, out_dir)
 
@@ -331,40 +333,40 @@ def _run_in_worker(spec: RunSpec) -> dict:
 def finalize(config: SweepConfig, out_dir: Path) -> Path:
     """Choose (lr, alpha) per group on validation data; write chosen.json and results.jsonl; keep
     only the chosen runs' edits."""
-    rows = _unique(read_jsonl(out_dir / "runs.jsonl"))
+    rows = _unique(read_rows(out_dir / "runs.jsonl"))
     choices = choose_settings(rows, config.scoring)
     chosen_ids = {rid for c in choices for rid in c["run_ids"]}
     write_json_atomic(out_dir / "chosen.json", {"rule": _CHOICE_RULE, "scoring": config.scoring.model_dump(), "groups": choices, "versions": versions()})
-    lines = "".join(json.dumps({**r, "chosen": r["run_id"] in chosen_ids}) + "\n" for r in rows)
+    lines = "".join(json.dumps(row_json(r.model_copy(update={"chosen": r.run_id in chosen_ids}))) + "\n" for r in rows)
     write_text_atomic(out_dir / "results.jsonl", lines)
     _prune_edits(config, rows, out_dir, None)
     return out_dir / "results.jsonl"
 
 
 _CHOICE_RULE = (
-    "per (method, budget, lambda_retain): mean over seeds of the validation forget gain min(CE, ln|V|) - CE_base "
+    "per (name, budget, lambda_retain): mean over seeds of the validation forget gain min(CE, ln|V|) - CE_base "
     "and of the validation retain damage; among settings with mean damage < max_damage, those within "
     "tie_tolerance of the best gain, the least damaging (then the smallest lr, alpha); if none is under "
     "max_damage, the least damaging setting (feasible = false)"
 )
 
 
-def choose_settings(rows: list[dict], scoring) -> list[dict]:
-    """The (lr, alpha) chosen per (method, budget, lambda) from validation scores; see the module doc."""
-    by_group: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+def choose_settings(rows: list[RunRow], scoring) -> list[dict]:
+    """The (lr, alpha) chosen per (name, budget, lambda) from validation scores; see the module doc."""
+    by_group: dict[tuple, dict[tuple, list[RunRow]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        by_group[(r["method"], r["budget"], r["lambda_retain"])][(r["lr"], r["lora_alpha"])].append(r)
+        by_group[r.group][(r.lr, r.lora_alpha)].append(r)
     out = []
-    for (method, budget, lam), cands in sorted(by_group.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+    for (name, budget, lam), cands in sorted(by_group.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
         scored = []
         for (lr, alpha), rs in cands.items():
-            if any(r["status"] != "ok" for r in rs):
+            if any(r.status != "ok" for r in rs):
                 continue  # a setting that diverged on some seed is not a candidate
-            gain = sum(r["score"]["valid_forget_gain"] for r in rs) / len(rs)
-            damage = sum(r["score"]["valid_damage"] for r in rs) / len(rs)
-            scored.append({"lr": lr, "lora_alpha": alpha, "valid_forget_gain": gain, "valid_damage": damage, "run_ids": [r["run_id"] for r in rs]})
+            gain = sum(r.scored.valid_forget_gain for r in rs) / len(rs)
+            damage = sum(r.scored.valid_damage for r in rs) / len(rs)
+            scored.append({"lr": lr, "lora_alpha": alpha, "valid_forget_gain": gain, "valid_damage": damage, "run_ids": [r.run_id for r in rs]})
         if not scored:
-            out.append({"method": method, "budget": budget, "lambda_retain": lam, "lr": None, "lora_alpha": None,
+            out.append({"name": name, "budget": budget, "lambda_retain": lam, "lr": None, "lora_alpha": None,
                 "feasible": False, "run_ids": [], "candidates": []})
             continue
         feasible = [c for c in scored if c["valid_damage"] < scoring.max_damage]
@@ -374,7 +376,7 @@ def choose_settings(rows: list[dict], scoring) -> list[dict]:
             pool = [c for c in feasible if c["valid_forget_gain"] >= best_gain - scoring.tie_tolerance]
         pick = min(pool, key=lambda c: (c["valid_damage"], c["lr"], c["lora_alpha"] or 0.0))
         out.append({
-            "method": method, "budget": budget, "lambda_retain": lam,
+            "name": name, "budget": budget, "lambda_retain": lam,
             "lr": pick["lr"], "lora_alpha": pick["lora_alpha"], "feasible": bool(feasible),
             "valid_forget_gain": pick["valid_forget_gain"], "valid_damage": pick["valid_damage"],
             "run_ids": pick["run_ids"],
@@ -384,21 +386,21 @@ def choose_settings(rows: list[dict], scoring) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- one run
-def _run_one(config: SweepConfig, spec: RunSpec, inputs: StudyInputs, base: dict, out_dir: Path, progress: bool = False) -> dict:
+def _run_one(config: SweepConfig, spec: RunSpec, inputs: StudyInputs, base: dict, out_dir: Path, progress: bool = False) -> RunRow:
     from ..evaluation.ce import evaluate_ce
 
     cfg = spec.tune_config
-    row = {
-        "run_id": spec.run_id, "method": spec.method, "kind": cfg.method, "budget": cfg.budget, "seed": cfg.seed,
-        "lambda_retain": cfg.lambda_retain, "lr": cfg.lr, "lora_alpha": cfg.lora_alpha if cfg.method in LORA_METHODS else None,
-        "tune_config": cfg.model_dump(mode="json"),
-    }
+    what = dict(
+        run_id=spec.run_id, name=spec.name, method=cfg.method, budget=cfg.budget, seed=cfg.seed,
+        lambda_retain=cfg.lambda_retain, lr=cfg.lr, lora_alpha=cfg.lora_alpha if cfg.method in LORA_METHODS else None,
+        tune_config=cfg.model_dump(mode="json"),
+    )
     model = copy.deepcopy(inputs.model)  # a fresh base model: no state leaks between runs
     try:
         tunable, result = tune(cfg, model, inputs.forget_stream, inputs.retain_stream, inputs.decomposition,
                                decomposition_dir=config.decomposition_dir(), progress=progress)
     except NonFiniteLossError as e:
-        return {**row, "status": "non_finite", "error": str(e), "steps": e.step, "versions": versions()}
+        return RunRow(**what, status="non_finite", error=str(e), steps=e.step, versions=versions())
     edit_dir = tunable.save(out_dir / "edits" / spec.run_id)
 
     t0 = time.perf_counter()
@@ -408,40 +410,41 @@ def _run_one(config: SweepConfig, spec: RunSpec, inputs: StudyInputs, base: dict
     increase = {d: ce[d] - base["ce"][d] for d in ce}
     s = config.scoring
     chance = inputs.chance
-    score = {
-        "forget_ce": ce[s.forget_eval],
-        "forget_increase": increase[s.forget_eval],
-        "forget_at_chance": ce[s.forget_eval] >= chance - s.chance_tolerance,
-        "retain_damage": increase[s.retain_eval],
-        "valid_forget_gain": min(ce[s.forget_valid], chance) - base["ce"][s.forget_valid],
-        "valid_damage": increase[s.retain_valid],
-    }
-    score["success"] = bool(score["forget_at_chance"] and score["retain_damage"] < s.max_damage)
+    at_chance = ce[s.forget_eval] >= chance - s.chance_tolerance
+    score = RunScore(
+        forget_ce=ce[s.forget_eval],
+        forget_increase=increase[s.forget_eval],
+        forget_at_chance=at_chance,
+        retain_damage=increase[s.retain_eval],
+        valid_forget_gain=min(ce[s.forget_valid], chance) - base["ce"][s.forget_valid],
+        valid_damage=increase[s.retain_valid],
+        success=at_chance and increase[s.retain_eval] < s.max_damage,
+    )
     valid = (s.forget_valid, s.retain_valid)
-    return {
-        **row,
-        "status": "ok", "error": None,
-        "steps": result.steps, "stopped_reason": result.stopped_reason,
-        "train_time_s": result.wall_time_s, "eval_time_s": eval_time,
-        "final_loss": result.final_loss, "final_forget_ce": result.final_forget_ce, "final_retain_kl": result.final_retain_kl,
-        "final_scalars": result.final_scalars,
-        "loss_curve": _subsample(result.loss_history, 100),
-        "forget_offset": result.forget_offset, "forget_tokens": result.forget_tokens,
-        "chance": chance,
-        "ce": {d: v for d, v in ce.items() if d not in valid},
-        "increase": {d: v for d, v in increase.items() if d not in valid},
-        "valid_ce": {d: ce[d] for d in valid},
-        "score": score,
-        "edit": str(edit_dir.relative_to(out_dir)),
-        "versions": result.versions,
-    }
+    return RunRow(
+        **what,
+        status="ok",
+        steps=result.steps, stopped_reason=result.stopped_reason,
+        train_time_s=result.wall_time_s, eval_time_s=eval_time,
+        final_loss=result.final_loss, final_forget_ce=result.final_forget_ce, final_retain_kl=result.final_retain_kl,
+        final_scalars=result.final_scalars,
+        loss_curve=_subsample(result.loss_history, 100),
+        forget_offset=result.forget_offset, forget_tokens=result.forget_tokens,
+        chance=chance,
+        ce={d: v for d, v in ce.items() if d not in valid},
+        increase={d: v for d, v in increase.items() if d not in valid},
+        valid_ce={d: ce[d] for d in valid},
+        score=score,
+        edit=str(edit_dir.relative_to(out_dir)),
+        versions=result.versions,
+    )
 
 
 def _ce_dict(ev) -> dict[str, float]:
     return {name: float(v) for name, v in ev.ce.items()}
 
 
-def _subsample(values: list[float], n: int) -> list[list[float]]:
+def _subsample(values: list[float], n: int) -> list[tuple[int, float]]:
     """[[step, loss], ...] at ≤ n evenly spaced steps (the last one included): the row stays small."""
     if not values:
         return []
@@ -449,7 +452,7 @@ def _subsample(values: list[float], n: int) -> list[list[float]]:
     steps = list(range(0, len(values), stride))
     if steps[-1] != len(values) - 1:
         steps.append(len(values) - 1)
-    return [[i, values[i]] for i in steps]
+    return [(i, values[i]) for i in steps]
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -498,24 +501,25 @@ def _cut_partial_line(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
-def _unique(rows: list[dict]) -> list[dict]:
-    seen, out = set(), []
+def _unique(rows: list[RunRow]) -> list[RunRow]:
+    seen: set[str] = set()
+    out = []
     for r in rows:
-        if r["run_id"] not in seen:
-            seen.add(r["run_id"])
+        if r.run_id not in seen:
+            seen.add(r.run_id)
             out.append(r)
     return out
 
 
-def _prune_edits(config: SweepConfig, rows: list[dict], out_dir: Path, groups: list[tuple] | None) -> None:
+def _prune_edits(config: SweepConfig, rows: list[RunRow], out_dir: Path, groups: list[tuple] | None) -> None:
     """Delete the edits of runs that were not chosen in (complete) groups; keeps the out dir small."""
     rows = _unique(rows)
     if groups is not None:
-        rows = [r for r in rows if (r["method"], r["budget"], r["lambda_retain"]) in groups]
+        rows = [r for r in rows if r.group in groups]
     keep = {rid for c in choose_settings(rows, config.scoring) for rid in c["run_ids"]}
     for r in rows:
-        if r["run_id"] not in keep and r.get("edit"):
-            shutil.rmtree(out_dir / r["edit"], ignore_errors=True)
+        if r.run_id not in keep and r.edit:
+            shutil.rmtree(out_dir / r.edit, ignore_errors=True)
 
 
 def _base_ce(config: SweepConfig, inputs: StudyInputs, out_dir: Path, log: Log) -> dict:
@@ -556,15 +560,14 @@ def _selections(config: SweepConfig, inputs: StudyInputs, out_dir: Path, log: Lo
     return resolved
 
 
-def _describe(row: dict, config: SweepConfig) -> str:
-    alpha = f" α={row['lora_alpha']:g}" if row["lora_alpha"] is not None else ""
-    head = f"{row['method']} budget={row['budget']} seed={row['seed']} λ={row['lambda_retain']:g} lr={row['lr']:g}{alpha}"
-    if row["status"] != "ok":
-        return f"{head}: {row['status']} ({row['error']})"
-    s = config.scoring
-    sc = row["score"]
+def _describe(row: RunRow, config: SweepConfig) -> str:
+    alpha = f" α={row.lora_alpha:g}" if row.lora_alpha is not None else ""
+    head = f"{row.name} budget={row.budget} seed={row.seed} λ={row.lambda_retain:g} lr={row.lr:g}{alpha}"
+    if row.score is None:
+        return f"{head}: {row.status} ({row.error})"
+    s, sc = config.scoring, row.score
     return (
-        f"{head}: {row['steps']} steps ({row['stopped_reason']}, {row['train_time_s']:.1f}s), "
-        f"{s.forget_eval} {sc['forget_ce']:.2f} nats ({sc['forget_increase']:+.2f}), {s.retain_eval} {sc['retain_damage']:+.3f}"
-        f"{'  ✓' if sc['success'] else ''}"
+        f"{head}: {row.steps} steps ({row.stopped_reason}, {row.train_time_s:.1f}s), "
+        f"{s.forget_eval} {sc.forget_ce:.2f} nats ({sc.forget_increase:+.2f}), {s.retain_eval} {sc.retain_damage:+.3f}"
+        f"{'  ✓' if sc.success else ''}"
     )
