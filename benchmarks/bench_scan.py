@@ -28,7 +28,7 @@ from comptune.decomposition.bases import neuron_components
 from comptune.evaluation import evaluate_ce
 from comptune.inspection.scan import DoseScanner
 from comptune.model import ComptuneLMConfig, ComptuneLMForCausalLM
-from comptune.tuning import apply_component_scale
+from comptune.tuning import ComponentScaleConfig, apply_component_scale
 
 RESULTS = Path(__file__).parent / "results" / "scan_throughput.json"
 
@@ -61,7 +61,7 @@ def main() -> None:
             fast.append((time.perf_counter() - t) / len(points))
             t = time.perf_counter()
             for key, s in points:
-                edited = apply_component_scale(copy.deepcopy(model), basis, [key])
+                edited = apply_component_scale(copy.deepcopy(model), basis, ComponentScaleConfig(keys=[key]))
                 edited.set_scales({key: s})
                 evaluate_ce(edited.model, data, batch_size=8)
             plain.append((time.perf_counter() - t) / len(points))

@@ -19,7 +19,7 @@ from comptune.evaluation.robustness import (
     relearn_curve,
 )
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
-from comptune.tuning import TuneConfig, apply_component_scale, build_method
+from comptune.tuning import ComponentScaleConfig, TuneConfig, apply_component_scale, build_method
 from comptune.tuning.edits import check_dose, dosed_scales
 
 torch.set_num_threads(1)
@@ -85,7 +85,7 @@ def _lora_edit(model):
 
 def _scale_edit(model):
     comps = {"h.1.mlp.down_proj": (torch.randn(64, 4) / 8, torch.randn(4, 32) / 2)}
-    wrapped = apply_component_scale(model, comps, ["h.1.mlp.down_proj:1", "h.1.mlp.down_proj:3"])
+    wrapped = apply_component_scale(model, comps, ComponentScaleConfig(keys=["h.1.mlp.down_proj:1", "h.1.mlp.down_proj:3"]))
     wrapped.set_scales({"h.1.mlp.down_proj:1": -3.0, "h.1.mlp.down_proj:3": 0.5})
     return wrapped
 
@@ -217,14 +217,13 @@ def test_attacker_data_errors_name_the_problem():
 def test_a_ci_gated_edit_is_dosed_but_not_relearned():
     """SEMANTICS S2.3, SEMANTICS S2.4."""
     from comptune.decomposition import CIConfig, Decomposition
-    from comptune.tuning import ComponentScaleConfig
 
     model = tiny_model()
     base = copy.deepcopy(model)
     weights = _base_weights(model)
     torch.manual_seed(3)
     dec = Decomposition.create(model, {"h.1.mlp.down_proj": 8}, CIConfig(type="layerwise_mlp"))
-    gated = apply_component_scale(model, dec, ["h.1.mlp.down_proj:2"], ComponentScaleConfig(ci_threshold=0.0))
+    gated = apply_component_scale(model, dec, ComponentScaleConfig(keys=["h.1.mlp.down_proj:2"], ci_threshold=0.0))
     gated.set_scales({"h.1.mlp.down_proj:2": -4.0})
     d = dosable(gated, weights)
     assert not d.mergeable

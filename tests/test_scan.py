@@ -18,7 +18,7 @@ from comptune.inspection.scan import (
     pool_candidates,
 )
 from comptune.model import ComptuneLMConfig, ComptuneLMForCausalLM
-from comptune.tuning import apply_component_scale
+from comptune.tuning import ComponentScaleConfig, apply_component_scale
 
 torch.set_num_threads(1)
 
@@ -40,7 +40,7 @@ def data():
 
 def _edited_ce(make, basis, key, s, datasets):
     model = make()
-    edit = apply_component_scale(model, basis, [key])
+    edit = apply_component_scale(model, basis, ComponentScaleConfig(keys=[key]))
     edit.set_scales({key: s})
     return evaluate_ce(model, datasets, batch_size=4).ce  # the wrapper edits `model` in place
 

@@ -55,10 +55,10 @@ KEYS = ["h.1.attn.v_proj:5", "h.1.attn.v_proj:0", "h.0.mlp.c_fc:11"]
 SCALES = {"h.1.attn.v_proj:5": -1.5, "h.1.attn.v_proj:0": 0.25, "h.0.mlp.c_fc:11": 4.0}  # exact in fp32
 
 
-def edited(model=None, comps=None, keys=KEYS, scales=SCALES, config=None):
+def edited(model=None, comps=None, keys=KEYS, scales=SCALES, ci_threshold=None):
     model = model or tiny_model()
     comps = comps or random_components(model)
-    wrapped = apply_component_scale(model, comps, keys, config)
+    wrapped = apply_component_scale(model, comps, ComponentScaleConfig(keys=keys, ci_threshold=ci_threshold))
     wrapped.set_scales(scales)
     return wrapped, comps
 
@@ -85,13 +85,13 @@ def test_forward_equals_decomposition_masked_logits_with_delta():
     dec = tiny_decomposition(tiny_model())
     with torch.no_grad():
         ref = dec.masked_logits(ids, scaled_masks(dec, ids, SCALES), delta_masks={p: torch.ones(ids.shape) for p in dec.module_paths})
-    wrapped = apply_component_scale(tiny_model(), dec, KEYS)  # another instance of the same model
+    wrapped = apply_component_scale(tiny_model(), dec, ComponentScaleConfig(keys=KEYS))  # another instance of the same model
     wrapped.set_scales(SCALES)
     with torch.no_grad():
         assert torch.allclose(wrapped(input_ids=ids).logits, ref, atol=1e-5)
     assert wrapped.provenance["target"]["fingerprint"] == dec.metadata()["target"]["fingerprint"]
     with pytest.raises(ValueError, match="made for a different model"):
-        apply_component_scale(tiny_model(seed=5), dec, KEYS)
+        apply_component_scale(tiny_model(seed=5), dec, ComponentScaleConfig(keys=KEYS))
 
 
 def test_ci_gated_scaling_computes_ci_once_per_batch(monkeypatch):
@@ -107,7 +107,7 @@ def test_ci_gated_scaling_computes_ci_once_per_batch(monkeypatch):
         path, idx = key.rsplit(":", 1)
         assert 0 < gate[path][..., int(idx)].float().mean() < 1
     # edit the decomposition's own target in place: CI must still come from the clean model
-    wrapped = apply_component_scale(model, dec, list(scales), ComponentScaleConfig(ci_threshold=threshold))
+    wrapped = apply_component_scale(model, dec, ComponentScaleConfig(keys=list(scales), ci_threshold=threshold))
     wrapped.set_scales(scales)
     calls = []
     original = dec.causal_importance
@@ -128,14 +128,14 @@ def test_gates_from_precomputed_ci():
     gate = {p: v > 0.5 for p, v in ci.items()}
     with torch.no_grad():
         ref = dec.masked_logits(ids, scaled_masks(dec, ids, SCALES, gate), delta_masks={p: torch.ones(ids.shape) for p in dec.module_paths})
-    wrapped = apply_component_scale(tiny_model(), dec, KEYS, ComponentScaleConfig(ci_threshold=0.5))
+    wrapped = apply_component_scale(tiny_model(), dec, ComponentScaleConfig(keys=KEYS, ci_threshold=0.5))
     wrapped.set_scales(SCALES)
     with torch.no_grad(), wrapped.gated(wrapped.gates_from_ci(ci)):
         assert torch.allclose(wrapped(input_ids=ids).logits, ref, atol=1e-5)
     with pytest.raises(ValueError, match="cannot be merged"):
         wrapped.merge_and_unload()
     # plain components carry no CI function: a gated adapter on them needs explicit gates
-    no_ci, _ = edited(config=ComponentScaleConfig(ci_threshold=0.5))
+    no_ci, _ = edited(ci_threshold=0.5)
     with pytest.raises(ValueError, match="needs the decomposition"):
         no_ci(input_ids=ids)
 
@@ -148,15 +148,15 @@ def test_ci_gate_at_threshold_zero_is_the_ungated_edit_where_ci_is_positive_and_
     g = torch.Generator().manual_seed(5)
     ci = {p: torch.rand(*ids.shape, C, generator=g) * (torch.rand(*ids.shape, C, generator=g) > 0.5) for p in DECOMPOSED}  # half exactly 0
 
-    def layer_output(config, gates=None, disabled=False):
-        wrapped, _ = edited(keys=keys, scales={k: SCALES[k] for k in keys}, config=config)
+    def layer_output(ci_threshold, gates=None, disabled=False):
+        wrapped, _ = edited(keys=keys, scales={k: SCALES[k] for k in keys}, ci_threshold=ci_threshold)
         out = {}
         wrapped.model.get_submodule(path).register_forward_hook(lambda m, a, o: out.setdefault("y", o))
         with torch.no_grad(), (wrapped.gated(wrapped.gates_from_ci(gates)) if gates else wrapped.disable_adapter() if disabled else nullcontext()):
             wrapped(input_ids=ids)
         return out["y"]
 
-    gated = layer_output(ComponentScaleConfig(ci_threshold=0.0), gates=ci)
+    gated = layer_output(0.0, gates=ci)
     ungated, base = layer_output(None), layer_output(None, disabled=True)
     idx = [int(k.rsplit(":", 1)[1]) for k in keys]
     on = (ci[path][..., idx] > 0).any(-1)  # positions where some scaled subcomponent has CI > 0
@@ -173,8 +173,8 @@ def test_the_wrapped_model_answers_like_the_model_it_wraps():
     from comptune.evaluation import evaluate_ce
 
     model = tiny_model()
-    wrapped, _ = edited(model=model, config=ComponentScaleConfig())
-    assert wrapped.config is model.config and wrapped.scale_config == ComponentScaleConfig()
+    wrapped, _ = edited(model=model)
+    assert wrapped.config is model.config and wrapped.scale_config == ComponentScaleConfig(keys=KEYS)
     ids = ids_batch()
     with torch.no_grad():
         live = evaluate_ce(wrapped, {"x": ids}).datasets["x"].ce
@@ -224,7 +224,7 @@ def test_l1_penalty_and_module_keys():
     comps = random_components(model)
     keys = module_keys(comps, ["h.1.attn.v_proj"])
     assert keys == [f"h.1.attn.v_proj:{c}" for c in range(C)]
-    wrapped = apply_component_scale(model, comps, keys)
+    wrapped = apply_component_scale(model, comps, ComponentScaleConfig(keys=keys))
     assert float(wrapped.l1_penalty().detach()) == 0.0
     wrapped.set_scales({"h.1.attn.v_proj:3": -1.0, "h.1.attn.v_proj:7": 1.5})
     assert float(wrapped.l1_penalty().detach()) == pytest.approx(2.5)
@@ -298,7 +298,7 @@ def test_conv1d_layers_forward_merge_and_lora_export(tmp_path):
         d_in, d_out = model.get_submodule(p).weight.shape  # Conv1D stores [d_in, d_out]
         comps[p] = Components(torch.randn(d_in, 6, generator=g) * 0.2, torch.randn(6, d_out, generator=g) * 0.2)
     ids = ids_batch()
-    wrapped = apply_component_scale(model, comps, ["transformer.h.0.attn.c_attn:2", "transformer.h.1.mlp.c_proj:4"])
+    wrapped = apply_component_scale(model, comps, ComponentScaleConfig(keys=["transformer.h.0.attn.c_attn:2", "transformer.h.1.mlp.c_proj:4"]))
     wrapped.set_scales({"transformer.h.0.attn.c_attn:2": -2.0, "transformer.h.1.mlp.c_proj:4": 3.0})
     with torch.no_grad():
         adapter_logits = wrapped(input_ids=ids).logits
@@ -321,13 +321,13 @@ def test_save_load_round_trip(tmp_path):
     model = tiny_model()
     dec = tiny_decomposition(model)
     dec.save(tmp_path / "dec")
-    wrapped = apply_component_scale(model, dec, KEYS, decomposition_dir=tmp_path / "dec")
+    wrapped = apply_component_scale(model, dec, ComponentScaleConfig(keys=KEYS), decomposition_dir=tmp_path / "dec")
     wrapped.set_scales(SCALES)
     with torch.no_grad():
         adapter_logits = wrapped(input_ids=ids).logits
     wrapped.save_adapter(tmp_path / "ad")
     meta = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
-    assert meta["keys"] == KEYS and meta["scales"] == SCALES and "s < 0 inverts" in meta["sign_convention"]
+    assert meta["config"]["keys"] == KEYS and meta["scales"] == SCALES and "s < 0 inverts" in meta["sign_convention"]
     assert meta["decomposition"]["path"] == str(tmp_path / "dec")
     # the same fingerprint as the decomposition's own record of its target
     assert meta["target"]["fingerprint"] == json.loads((tmp_path / "dec" / "decomposition.json").read_text())["target"]["fingerprint"]
@@ -338,6 +338,15 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(loaded(input_ids=ids).logits, adapter_logits)
     # self-contained: loads without any decomposition too
     assert load_adapter(tmp_path / "ad", tiny_model()).scales() == SCALES
+    # an adapter of format 1 (the keys beside the config, as the committed studies' edits) loads the same
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps(
+        {**meta, "format_version": 1, "keys": KEYS, "config": {k: v for k, v in meta["config"].items() if k != "keys"}}))
+    old = load_adapter(tmp_path / "ad", tiny_model())
+    assert old.scale_config == wrapped.scale_config and old.scales() == SCALES
+    with torch.no_grad():
+        assert torch.equal(old(input_ids=ids).logits, adapter_logits)
+    with pytest.raises(ValueError, match="keys"):
+        ComponentScaleConfig(keys=[])  # nothing to scale is refused
 
 
 def test_load_refuses_another_model_and_another_decomposition(tmp_path):
@@ -359,13 +368,13 @@ def test_bad_keys_name_valid_modules_and_index_range():
     model = tiny_model()
     comps = random_components(model)
     with pytest.raises(ValueError, match=r"valid modules \(index range\): h\.0\.attn\.q_proj \(0\.\.11\), h\.0\.mlp\.c_fc \(0\.\.11\)"):
-        apply_component_scale(model, comps, ["h.3.attn.v_proj:1"])
+        apply_component_scale(model, comps, ComponentScaleConfig(keys=["h.3.attn.v_proj:1"]))
     with pytest.raises(ValueError, match=r"12 subcomponents, valid indices 0\.\.11"):
-        apply_component_scale(model, comps, ["h.1.attn.v_proj:12"])
+        apply_component_scale(model, comps, ComponentScaleConfig(keys=["h.1.attn.v_proj:12"]))
     with pytest.raises(ValueError, match="not of the form"):
-        apply_component_scale(model, comps, ["h.1.attn.v_proj"])
+        apply_component_scale(model, comps, ComponentScaleConfig(keys=["h.1.attn.v_proj"]))
     with pytest.raises(ValueError, match="repeat"):
-        apply_component_scale(model, comps, ["h.1.attn.v_proj:1", "h.1.attn.v_proj:1"])
+        apply_component_scale(model, comps, ComponentScaleConfig(keys=["h.1.attn.v_proj:1", "h.1.attn.v_proj:1"]))
     assert all(isinstance(model.get_submodule(p), nn.Linear) for p in DECOMPOSED)  # nothing half-applied
 
 
@@ -377,7 +386,7 @@ def test_svd_components_reconstruct_and_scale_singular_values():
     V, U = basis[path]
     assert torch.allclose((V @ U).T, W, atol=1e-5)
     sigma = torch.linalg.svdvals(W)
-    wrapped = apply_component_scale(model, basis, [f"{path}:0"])
+    wrapped = apply_component_scale(model, basis, ComponentScaleConfig(keys=[f"{path}:0"]))
     wrapped.set_scales({f"{path}:0": 0.0})  # ablate the top singular direction
     merged = wrapped.merge_and_unload()
     new_sigma = torch.linalg.svdvals(merged.get_submodule(path).weight.detach())
@@ -409,7 +418,7 @@ def test_neuron_scale_is_ia3_and_equals_component_scale_in_the_neuron_basis():
     model = tiny_model()
     W = model.get_submodule(path).weight.detach()
     neuron_basis = {path: Components(torch.eye(64), W.T.clone())}
-    cs = apply_component_scale(model, neuron_basis, list(scalars))
+    cs = apply_component_scale(model, neuron_basis, ComponentScaleConfig(keys=list(scalars)))
     cs.set_scales(scalars)
     with torch.no_grad():
         assert torch.allclose(cs(input_ids=ids).logits, tunable.model(input_ids=ids).logits, atol=1e-5)

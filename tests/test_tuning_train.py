@@ -264,7 +264,7 @@ def test_gates_from_captured_inputs_equal_the_decompositions_own_ci(make_model):
 
     model = make_model()
     decomposition = _gated_decomposition(make_model())
-    edited = apply_component_scale(model, decomposition, ["h.1.attn.v_proj:2", "h.1.attn.v_proj:5"], ComponentScaleConfig(ci_threshold=0.3))
+    edited = apply_component_scale(model, decomposition, ComponentScaleConfig(keys=["h.1.attn.v_proj:2", "h.1.attn.v_proj:5"], ci_threshold=0.3))
     edited.set_scales({"h.1.attn.v_proj:2": -3.0, "h.1.attn.v_proj:5": 2.0})
     ids = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(4))
     with torch.no_grad(), edited.disable_adapter(), edited.capturing_ci_inputs() as captured:

@@ -47,7 +47,7 @@ SIGN_CONVENTION = (
     "s < 0 inverts the subcomponent."
 )
 ADAPTER_FORMAT = "comptune-component-scale"
-ADAPTER_FORMAT_VERSION = 1
+ADAPTER_FORMAT_VERSION = 2  # 2: the keys live in `config` (1 held them beside it; still read)
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 
@@ -66,6 +66,10 @@ def components_fingerprint(source: ComponentSource, paths: list[str]) -> str:
 
 
 class ComponentScaleConfig(StrictConfig):
+    """What `apply_component_scale` wraps, as a peft config says what `get_peft_model` wraps."""
+
+    # the scaled subcomponents, `<module path>:<index>` (`format_component_key`), one scalar each
+    keys: list[str] = Field(min_length=1)
     # CI-gated scaling: s_c applies only at positions where subcomponent c's causal importance
     # (g_lower, from the decomposition on the same input) exceeds this; None = everywhere.
     ci_threshold: float | None = Field(default=None, ge=0.0, lt=1.0)
@@ -140,7 +144,6 @@ class ComponentScaleModel(nn.Module):
         self,
         model: nn.Module,
         layers: dict[str, ComponentScaleLayer],
-        keys: list[str],
         config: ComponentScaleConfig,
         provenance: dict,
         decomposition=None,
@@ -148,7 +151,6 @@ class ComponentScaleModel(nn.Module):
     ):
         super().__init__()
         self.model = model
-        self.keys = list(keys)
         self.scale_config = config  # the adapter's; `config` is the wrapped model's, as on a PeftModel
         self.provenance = provenance  # decomposition and target fingerprints, written with the adapter
         # needed only to compute CI for gated scaling; kept outside nn.Module registration so the
@@ -181,6 +183,10 @@ class ComponentScaleModel(nn.Module):
         return list(self._layers)
 
     # ----- the learned scalars
+    @property
+    def keys(self) -> list[str]:
+        return self.scale_config.keys
+
     def scale_parameters(self) -> list[nn.Parameter]:
         return [layer.scale for layer in self._layers.values()]
 
@@ -319,7 +325,7 @@ class ComponentScaleModel(nn.Module):
     # ----- files
     def save_adapter(self, out_dir: str | Path) -> Path:
         """`adapter_model.safetensors` (scales and the selected V columns / U rows: self-contained)
-        + `adapter_config.json` (keys, config, sign convention, fingerprints, versions).
+        + `adapter_config.json` (config with the keys, sign convention, fingerprints, versions).
         The config is written last, so a directory without it is an interrupted save."""
         out_dir = Path(out_dir)
         tensors = {}
@@ -334,7 +340,6 @@ class ComponentScaleModel(nn.Module):
         write_json_atomic(out_dir / ADAPTER_CONFIG_NAME, {
             "format": ADAPTER_FORMAT,
             "format_version": ADAPTER_FORMAT_VERSION,
-            "keys": self.keys,
             "config": self.scale_config.model_dump(mode="json"),
             "sign_convention": SIGN_CONVENTION,
             "scales": self.scales(),
@@ -417,19 +422,18 @@ def _wrap(model: nn.Module, selected: dict[str, Components], indices: dict[str, 
 def apply_component_scale(
     model: nn.Module,
     components: ComponentSource,
-    keys: list[str],
-    config: ComponentScaleConfig | None = None,
+    config: ComponentScaleConfig,
     *,
     decomposition_dir: str | Path | None = None,
 ) -> ComponentScaleModel:
-    """Wrap `model` in place with a scalar s_c = 1 on each key's subcomponent; base weights frozen.
+    """Wrap `model` in place with a scalar s_c = 1 on each of `config.keys`' subcomponents; base
+    weights frozen (as `peft.get_peft_model(model, config)`).
 
     `components` is a Decomposition, or a mapping path -> (V [d_in, C], U [C, d_out]) such as
-    `svd_components(...)`; keys are `<module path>:<index>`. `decomposition_dir` (where the
-    decomposition was loaded from) is recorded in the saved adapter.
+    `svd_components(...)`. `decomposition_dir` (where the decomposition was loaded from) is
+    recorded in the saved adapter.
     """
-    config = config or ComponentScaleConfig()
-    by_module = validate_keys(components, keys)
+    by_module = validate_keys(components, config.keys)
     names = _target_weight_names(components)
     _check_source_matches_model(model, components, names)
     provenance = {
@@ -445,7 +449,7 @@ def apply_component_scale(
         selected[path] = Components(V[:, idx], U[idx, :])
     layers, before = _wrap(model, selected, by_module)
     decomposition = components if hasattr(components, "causal_importance") else None
-    return ComponentScaleModel(model, layers, keys, config, provenance, decomposition, before)
+    return ComponentScaleModel(model, layers, config, provenance, decomposition, before)
 
 
 def load_adapter(adapter_dir: str | Path, model: nn.Module, decomposition: ComponentSource | None = None) -> ComponentScaleModel:
@@ -466,7 +470,8 @@ def load_adapter(adapter_dir: str | Path, model: nn.Module, decomposition: Compo
 
     check_target(model, meta["target"], f"adapter {adapter_dir}", f" (decomposition {meta['decomposition']['path']})")
 
-    keys = meta["keys"]
+    config = ComponentScaleConfig.model_validate(meta["config"] if meta["format_version"] >= 2 else {**meta["config"], "keys": meta["keys"]})
+    keys = config.keys
     if decomposition is not None:
         by_module = validate_keys(decomposition, keys)
         theirs = components_fingerprint(decomposition, list(by_module))
@@ -491,8 +496,7 @@ def load_adapter(adapter_dir: str | Path, model: nn.Module, decomposition: Compo
         raise UserError(f"{cfg_path} keys do not match the saved tensors: the adapter files are inconsistent")
 
     layers, before = _wrap(model, selected, indices)
-    config = ComponentScaleConfig.model_validate(meta["config"])
     provenance = {"decomposition": meta["decomposition"], "target": meta["target"]}
-    wrapped = ComponentScaleModel(model, layers, keys, config, provenance, decomposition, before)
+    wrapped = ComponentScaleModel(model, layers, config, provenance, decomposition, before)
     wrapped.set_scales(scales)
     return wrapped

@@ -107,8 +107,8 @@ def _component_scale(model, selection, config, decomposition, decomposition_dir)
     if decomposition is None:
         raise UserError("component_scale needs a decomposition")
     keys = selection.keys or module_keys(decomposition, selection.modules)
-    cs_config = ComponentScaleConfig(ci_threshold=config.ci_threshold)
-    return _scale_tunable("component_scale", apply_component_scale(model, decomposition, keys, cs_config, decomposition_dir=decomposition_dir))
+    cs_config = ComponentScaleConfig(keys=keys, ci_threshold=config.ci_threshold)
+    return _scale_tunable("component_scale", apply_component_scale(model, decomposition, cs_config, decomposition_dir=decomposition_dir))
 
 
 @register_method("svd_scale")
@@ -117,7 +117,7 @@ def _svd_scale(model, selection, config, decomposition, decomposition_dir) -> Tu
     _check_linear_modules(model, paths)
     basis = svd_components(model, paths)
     keys = selection.keys or module_keys(basis, paths)
-    return _scale_tunable("svd_scale", apply_component_scale(model, basis, keys))
+    return _scale_tunable("svd_scale", apply_component_scale(model, basis, ComponentScaleConfig(keys=keys)))
 
 
 @register_method("lora")
