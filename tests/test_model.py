@@ -79,6 +79,35 @@ def test_tokenizer_round_trip_multilingual():
         train_tokenizer(["", "  "], vocab_size=400)
 
 
+def test_bundled_tokenizer_loads_with_plain_transformers_without_a_prompt():
+    """The README's plain-transformers route, in a process that never imports comptune (importing it
+    registers the model type, and nothing asks): without a flag transformers reads the model's
+    config, whose auto_map makes it ask about running code; `trust_remote_code=False` asks nothing
+    and gives the tokenizer comptune loads."""
+    import subprocess
+    import sys
+
+    from comptune.corpus.bundle import bundled_model_dir
+    from comptune.model.loading import load_tokenizer
+
+    text = "Die Lösung liegt nahe. The solution is near. def f(x): return x"
+    script = f"""
+import builtins, json, sys
+asked = []
+builtins.input = lambda *question: asked.append(question) or "n"  # a user answering "no"
+from transformers import AutoTokenizer
+AutoTokenizer.from_pretrained({str(bundled_model_dir())!r})
+without_flag = len(asked)
+tok = AutoTokenizer.from_pretrained({str(bundled_model_dir())!r}, trust_remote_code=False)
+assert "comptune" not in sys.modules
+print(json.dumps([without_flag, len(asked) - without_flag, tok({text!r})["input_ids"]]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    asked_without_flag, asked_with_flag, ids = json.loads(out.strip().splitlines()[-1])
+    assert (asked_without_flag, asked_with_flag) == (1, 0)
+    assert ids == load_tokenizer(bundled_model_dir())(text)["input_ids"]
+
+
 def _streams():
     g = torch.Generator().manual_seed(1)
     return {"en": torch.randint(0, 300, (2000,), generator=g), "de": torch.randint(0, 300, (500,), generator=g)}
