@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._device import add_device_argument
+
+if TYPE_CHECKING:
+    from .site import BrowseConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_browse, kept_on_interrupt="nothing was written to --out (the site is built beside it and moved in when complete)")
 
 
-def config_from_args(args) -> "BrowseConfig":  # noqa: F821 (imported lazily)
+def config_from_args(args) -> BrowseConfig:
     from ..config import read_config_file
     from ..errors import UserError
     from .site import BrowseConfig

@@ -99,9 +99,9 @@ def build_site(config: BrowseConfig, out: str | Path, *, force: bool = False, de
     model_dir = Path(config.model) if config.model else bundled_model_dir()
     decomposition_dir = Path(config.decomposition) if config.decomposition else bundled_decomposition_dir()
     scans = _scan_records(config.scans)
-    for e in config.edits:
-        if not (Path(e) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"--edit {e} holds no saved edit (no adapter_config.json)")
+    for edit_dir in config.edits:
+        if not (Path(edit_dir) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--edit {edit_dir} holds no saved edit (no adapter_config.json)")
     model, tokenizer = load_model_and_tokenizer(model_dir, device=device)
     decomposition = Decomposition.load(decomposition_dir, model)  # refuses another model's decomposition, naming both fingerprints
     context = context_length(model)
@@ -134,10 +134,10 @@ def build_site(config: BrowseConfig, out: str | Path, *, force: bool = False, de
             if key in atlas.units:
                 atlas.units[key]["scan"] = scan
     for e in edits:
-        units = next((a.units for a in atlases if a.basis == e["basis"]), {})
+        unit_records = next((a.units for a in atlases if a.basis == e["basis"]), {})
         for s in e["scales"]:
-            s["linked"] = s["key"] in units
-            s["label"] = units[s["key"]]["label"] if s["key"] in units else None
+            s["linked"] = s["key"] in unit_records
+            s["label"] = unit_records[s["key"]]["label"] if s["key"] in unit_records else None
     autointerp_report = None
     if config.autointerp is not None:
         autointerp_report = _autointerp(atlases[0], edits, scans, tokenizer, config.autointerp, log)

@@ -187,7 +187,7 @@ class _HTMLText(html.parser.HTMLParser):
     BLOCK = {"p", "div", "li", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "td", "th", "tr", "br", "title", "blockquote"}
     SKIP = {"script", "style", "head"}
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.paragraphs: list[str] = []
         self._buf: list[str] = []
@@ -263,7 +263,7 @@ def _page_documents(source: Source, lang: str, root: Path, rel: str) -> list[tup
     raise UserError(f"unknown source kind {source.kind!r}")
 
 
-def _process_page(args) -> dict | None:
+def _process_page(args) -> list[dict]:
     source, lang, root, rel, package, version = args
     docs = []
     for page, raw in _page_documents(source, lang, Path(root), rel):
@@ -329,7 +329,8 @@ def build_corpus(out_dir: str | Path, cache_dir: str | Path, *, workers: int = 2
     for package in packages:
         with atomic_path(out_dir / "licenses" / f"{package}.copyright") as tmp:
             shutil.copyfile(_copyright_file(package, cache_dir), tmp)
-    pages, stats = [], Counter()
+    pages: list[dict] = []
+    stats: Counter[tuple[str, str]] = Counter()
     for split, docs in sorted(by_split.items()):
         docs.sort(key=lambda d: (d["lang"], d["doc"]))
         with atomic_path(out_dir / f"{split}.jsonl.gz") as tmp:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def _split_rows(split: str) -> tuple[dict, ...]:
         return tuple(json.loads(line) for line in f)
 
 
-def _derived(name: str) -> tuple[str, callable]:
+def _derived(name: str) -> tuple[str, Callable[[dict], bool]]:
     return {
         "retain.en": ("train", lambda r: r["lang"] == "en" and r["domain"] == "documentation"),
         "forget.de": ("train", lambda r: r["lang"] == "de" and r["domain"] == "documentation"),

@@ -25,6 +25,7 @@ import gzip
 import json
 import re
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -57,7 +58,7 @@ def load_texts(
         raise UserError(f"limit must be >= 1, got {limit}")
     path = Path(source).expanduser()
     name = str(source)
-    select = dict(text_column=text_column, lang=lang, lang_column=lang_column, limit=limit)
+    select = partial(_select, text_column=text_column, lang=lang, lang_column=lang_column, limit=limit)
     is_text_file = path.is_file() and name.endswith(_TEXT_SUFFIXES)
     if separator is not None and not is_text_file:
         raise UserError(f"separator={separator!r} applies to .txt files only, and {name} is not one")
@@ -66,17 +67,17 @@ def load_texts(
             raise UserError(f"{name} is a plain text file with no language column; drop lang={lang!r}")
         texts = _read_text_file(path, separator)
     elif path.is_file() and name.endswith(_JSONL_SUFFIXES):
-        texts = _select(_jsonl_rows(path), name, **select)
+        texts = select(_jsonl_rows(path), name)
     elif path.is_file():
         raise UserError(f"{name}: unsupported file type; use one of {', '.join(_TEXT_SUFFIXES + _JSONL_SUFFIXES)} "
                          "or a directory saved with `datasets` save_to_disk")
     elif path.is_dir():
-        texts = _select(_dataset_rows(_load_from_disk(path, split), text_column, name), name, **select)
+        texts = select(_dataset_rows(_load_from_disk(path, split), text_column, name), name)
     elif name.endswith(_TEXT_SUFFIXES + _JSONL_SUFFIXES) or not _HUB_NAME.match(name):
         raise FileNotFoundError(f"data file or directory {name} does not exist")
     else:
         name = f"Hub dataset {name}"
-        texts = _select(_dataset_rows(_load_from_hub(str(source), subset, split), text_column, name), name, **select)
+        texts = select(_dataset_rows(_load_from_hub(str(source), subset, split), text_column, name), name)
     texts = [t for t in texts if t.strip()][:limit]
     if not texts:
         lang_note = f" for lang={lang!r}" if lang else ""

@@ -26,7 +26,7 @@ NEURON_MODULE_PATTERNS = ("*mlp.down_proj", "*mlp.c_proj", "*mlp.dense_4h_to_h")
 
 def linear_module_paths(model: nn.Module) -> list[str]:
     """Every nn.Linear / Conv1D except the unembedding (embeddings are nn.Embedding already)."""
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]
     return [name for name, m in model.named_modules() if isinstance(m, SUPPORTED_MODULE_TYPES) and m is not out_emb]
 
 

@@ -33,7 +33,7 @@ def module_kind(module: nn.Module) -> str:
 
 def linear_layout_weight(module: nn.Module) -> torch.Tensor:
     """The module's weight as [d_out, d_in] (a view for Conv1D, which stores [d_in, d_out])."""
-    return module.weight.T if module_kind(module) == "conv1d" else module.weight
+    return module.weight.T if module_kind(module) == "conv1d" else module.weight  # type: ignore[return-value]
 
 
 def format_component_key(path: str, index: int) -> str:
@@ -121,7 +121,7 @@ class LinearComponents(nn.Module):
     def for_module(cls, module: nn.Module, C: int) -> "LinearComponents":
         d_out, d_in = linear_layout_weight(module).shape
         comps = cls(d_in, d_out, C, module_kind(module))
-        return comps.to(device=module.weight.device)
+        return comps.to(device=module.weight.device)  # type: ignore[arg-type]
 
     def weight(self) -> torch.Tensor:
         """Σ_c u_c v_cᵀ in nn.Linear layout [d_out, d_in]."""

@@ -20,7 +20,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 import torch
 import torch.nn as nn
@@ -90,7 +90,7 @@ class Decomposition(nn.Module):
     def get_components(self, path: str) -> LinearComponents:
         if path not in self.module_paths:
             raise UserKeyError(f"module {path!r} is not decomposed; decomposed modules: {', '.join(self.module_paths)}")
-        return self.components[dashed(path)]
+        return cast(LinearComponents, self.components[dashed(path)])
 
     def C(self, path: str) -> int:
         return self.get_components(path).C
@@ -133,9 +133,9 @@ class Decomposition(nn.Module):
             if coefficient is None:
                 return None
             k, delta_mask = coefficient
-            comps = self.components[dashed(path)]
+            comps = cast(LinearComponents, self.components[dashed(path)])
             dtype = comps.V.dtype  # components compute in their own (fp32) precision
-            bias = None if module.bias is None else module.bias.to(dtype)
+            bias: torch.Tensor | None = None if module.bias is None else module.bias.to(dtype)  # type: ignore[assignment]
             y = comps.masked_output(x.to(dtype), output.to(dtype), bias, k.to(dtype), None if delta_mask is None else delta_mask.to(dtype))
             return y.to(output.dtype)
 
@@ -198,9 +198,10 @@ class Decomposition(nn.Module):
 
     def causal_importance(self, input_ids: torch.Tensor) -> CausalImportance:
         """One clean target forward, then the CI function on its activations."""
-        with self._hooks_set(_HookState(capture={})) as state:
+        capture: dict[str, torch.Tensor] = {}
+        with self._hooks_set(_HookState(capture=capture)):
             target_logits = logits_of(self.target(input_ids))
-        acts = {p: state.capture[p] for p in self.module_paths}
+        acts = {p: capture[p] for p in self.module_paths}
         ci_logits = self.ci_logits(acts)
         alpha = self.ci_config.leaky_alpha
         return CausalImportance(
@@ -354,7 +355,8 @@ def _check_target_matches(target: nn.Module, modules: dict[str, dict], fingerpri
 
 def _load_params(module: nn.Module, tensors: dict[str, torch.Tensor | None], prefix: str, directory: Path) -> None:
     expected = module.state_dict()
-    missing = sorted(prefix + k for k in expected if tensors.get(k) is None)
+    present = {k: t for k, t in tensors.items() if t is not None}
+    missing = sorted(prefix + k for k in expected if k not in present)
     if missing:
         raise UserError(f"{directory / WEIGHTS_NAME} is missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}"
             f"; the file is incomplete or from another format")
@@ -362,6 +364,6 @@ def _load_params(module: nn.Module, tensors: dict[str, torch.Tensor | None], pre
     if unexpected:
         raise UserError(f"{directory / WEIGHTS_NAME} has tensors {unexpected[:5]} that the CI function in {META_NAME} does not have")
     for k, ref in expected.items():
-        if tuple(tensors[k].shape) != tuple(ref.shape):
-            raise UserError(f"tensor {prefix + k} in {directory / WEIGHTS_NAME} has shape {tuple(tensors[k].shape)}, expected {tuple(ref.shape)}")
-    module.load_state_dict({k: tensors[k] for k in expected})
+        if tuple(present[k].shape) != tuple(ref.shape):
+            raise UserError(f"tensor {prefix + k} in {directory / WEIGHTS_NAME} has shape {tuple(present[k].shape)}, expected {tuple(ref.shape)}")
+    module.load_state_dict({k: present[k] for k in expected})

@@ -51,7 +51,7 @@ _FIRST_RELEASE_FACTORS = {"A": "V", "B": "U"}
 
 # The paper's 67M "Pile 4L" target (SPEC §8; reference pretrain config
 # spd/pretrain/configs/pile_llama_simple_mlp-4L-768.yaml).
-PILE_4L = dict(vocab_size=50277, n_layer=4, d_model=768, n_head=6, d_mlp=3072, n_ctx=512, rope_base=10000.0, rms_eps=1e-6)
+PILE_4L: dict[str, Any] = dict(vocab_size=50277, n_layer=4, d_model=768, n_head=6, d_mlp=3072, n_ctx=512, rope_base=10000.0, rms_eps=1e-6)
 
 # Defaults of the reference `LlamaSimpleMLPConfig` for the fields we read: a `model_config.yaml`
 # written by their pretraining may omit any of them.
@@ -596,6 +596,8 @@ def ci_state_dict(spec: CIFnSpec, ci_fn: dict[str, torch.Tensor]) -> dict[str, t
                 raise UserError(f"checkpoint CI key ci_fn.{k} is not layerwise, but the config says {spec.fn_type!r}")
             out["mlps." + k.removeprefix("_ci_fns.")] = v
         return out
+    # only a global_shared_transformer gets here (ci_config_for refused the other global types), and its spec has these
+    assert spec.d_model is not None and spec.n_heads is not None and spec.rope_base is not None
     head_dim = spec.d_model // spec.n_heads
     expected_inv_freq = 1.0 / (spec.rope_base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     for k, v in ci_fn.items():
@@ -685,7 +687,7 @@ def import_goodfire(
     decomposition = to_decomposition(config, checkpoint, model)
     out_dir = Path(out_dir)
     if target_origin.pop("built", False):
-        model.save_pretrained(out_dir / "target")
+        model.save_pretrained(out_dir / "target")  # type: ignore[operator]  # built here: a ComptuneLMForCausalLM
         share_files(out_dir / "target")
         target_origin["saved_to"] = "target"
     decomposition.provenance = {

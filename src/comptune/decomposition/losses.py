@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,9 @@ from ..errors import UserError
 from .decomposed import Decomposition
 
 Masks = dict[str, torch.Tensor]
-# (masked output, target output) -> scalar loss; None means KL(target ‖ masked)
-Reconstruction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+# (masked output, target output) -> scalar loss; the target output is of the kind the loss takes:
+# logits, or for the KL also their TargetDistribution
+Reconstruction = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 # ----- masks and routing ----------------------------------------------------------------------
@@ -150,12 +151,13 @@ def kl_target_to_masked(masked_logits: torch.Tensor, target: torch.Tensor | Targ
 
 def faithfulness_loss(decomposition: Decomposition) -> torch.Tensor:
     """Σ_l ‖Δ_l‖² / Σ_l numel(W_l), with Δ = W − (VU)ᵀ in fp32."""
-    total, numel = 0.0, 0
+    total: torch.Tensor | float = 0.0
+    numel = 0
     for path in decomposition.module_paths:
         delta = decomposition.delta(path)
         total = total + delta.pow(2).sum()
         numel += delta.numel()
-    return total / numel
+    return torch.as_tensor(total / numel)  # a tensor once any module is summed
 
 
 def anneal_p(step: int, total_steps: int, p_start: float, p_end: float) -> float:
@@ -170,12 +172,12 @@ def minimality_loss(ci_upper: Masks, p: float, beta: float, eps: float = 1e-12, 
     s_c = Σ_{b,t} (g_upper + eps)^p over this rank's N positions; under data parallelism the log
     term uses s_c·world_size, the estimate of the global count (as the reference code does).
     """
-    total = 0.0
+    total: torch.Tensor | float = 0.0
     for g in ci_upper.values():
         s = (g.float() + eps).pow(p).flatten(0, -2).sum(0)  # [C], fp32 whatever the CI's dtype (1e-12 vanishes in bf16)
         mean = s / math.prod(g.shape[:-1])
         total = total + (mean + beta * mean * torch.log2(1 + s * world_size)).sum()
-    return total
+    return torch.as_tensor(total)  # a tensor once any module is summed (0 for none)
 
 
 # ----- the adversary --------------------------------------------------------------------------
@@ -202,13 +204,13 @@ class PersistentPGD:
         """r, r_Δ of every module, in sorted path order: the order `adam_ascent_step` takes gradients in."""
         return _flat(self.sources)
 
-    def loss(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor,
-            ci_lower: Masks, recon: Reconstruction = None) -> torch.Tensor:
+    def loss(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor | TargetDistribution,
+            ci_lower: Masks, recon: Reconstruction | None = None) -> torch.Tensor:
         """Reconstruction loss (default KL(target ‖ masked)) with every module routed and the sources as masks."""
         return (recon or kl_target_to_masked)(source_masked_logits(decomposition, input_ids, ci_lower, self.sources), target_out)
 
-    def ascend(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor, ci_lower: Masks, lr: float, n_steps: int,
-               recon: Reconstruction = None) -> None:
+    def ascend(self, decomposition: Decomposition, input_ids: torch.Tensor, target_out: torch.Tensor | TargetDistribution, ci_lower: Masks,
+               lr: float, n_steps: int, recon: Reconstruction | None = None) -> None:
         """n_steps Adam ascent steps on the sources; CI and components are held fixed."""
         ci_fixed = {p: g.detach() for p, g in ci_lower.items()}
         for _ in range(n_steps):

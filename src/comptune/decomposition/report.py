@@ -58,6 +58,7 @@ def quality_report(
         ids = blocks[start : start + batch_size].to(device)
         ci = decomposition.causal_importance(ids)
         g, target = ci.lower, ci.target_logits
+        assert target is not None  # causal_importance always keeps the clean forward's logits
         ce_sums["target"] = ce_sums.get("target", 0.0) + next_token_ce_sum(target, ids)
         add("unmasked", decomposition.masked_logits(ids, {p: torch.ones_like(g[p]) for p in paths}), target, ids)
         add("stochastic", source_masked_logits(decomposition, ids, g, sample_stochastic_sources(g, generator)), target, ids)
@@ -98,6 +99,7 @@ def faithfulness_by_dataset(decomposition: Decomposition, datasets: dict[str, to
         for start in range(0, blocks.shape[0], batch_size):
             ids = blocks[start : start + batch_size].to(device)
             ci = decomposition.causal_importance(ids)
+            assert ci.target_logits is not None  # causal_importance always keeps the clean forward's logits
             target += next_token_ce_sum(ci.target_logits, ids)
             masked += next_token_ce_sum(decomposition.masked_logits(ids, ci.lower), ids)
             l0 += sum((g > 0).sum().item() for g in ci.lower.values())

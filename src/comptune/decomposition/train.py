@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,7 @@ from .components import linear_layout_weight
 from .decomposed import Decomposition
 from .losses import (
     PersistentPGD,
+    Reconstruction,
     TargetDistribution,
     anneal_p,
     faithfulness_loss,
@@ -218,7 +220,7 @@ def decompose(
     out_dir = Path(out_dir)
     if train_blocks.shape[0] < config.batch_size:
         raise UserError(f"{train_blocks.shape[0]} training blocks are fewer than one batch (batch_size={config.batch_size}); give more data or a smaller batch")
-    embeddings = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
+    embeddings = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None  # type: ignore[operator]
     if embeddings is not None and not train_blocks.is_floating_point() and int(train_blocks.max()) >= embeddings.num_embeddings:
         raise UserError(f"training blocks hold token id {int(train_blocks.max())} but the model has {embeddings.num_embeddings} embeddings: "
                          "the data was tokenized with another tokenizer")
@@ -269,7 +271,7 @@ def decompose(
             meta = {"step": step, "world_size": world_size, "config": config.model_dump(mode="json"), "versions": versions()}
             save_safetensors_atomic(t, ckpt_path, metadata={"state": json.dumps(meta)})
 
-    evaluate = eval_blocks is not None and config.reconstruction == "kl"
+    eval_data = eval_blocks if config.reconstruction == "kl" else None  # the held-out evaluation measures KL
     t0, start_step = time.time(), step
     if rank == 0:
         print(f"decompose: steps {step}..{config.steps} of batch {config.batch_size}; the bar's estimate after its first "
@@ -278,8 +280,8 @@ def decompose(
     stopped = False
     with StopRequested() as stop:
         while step < config.steps:
-            if evaluate and step % config.eval_every == 0 and rank == 0:
-                _log_eval(decomposition, eval_blocks, config, out_dir, step, bar)
+            if eval_data is not None and step % config.eval_every == 0 and rank == 0:
+                _log_eval(decomposition, eval_data, config, out_dir, step, bar)
             batch = train_blocks[batch_indices(step, train_blocks.shape[0], config.batch_size, config.seed, rank, world_size)].to(device)
             row = trainer.train_step(batch, step)
             step += 1
@@ -311,8 +313,8 @@ def decompose(
     }
     if rank == 0:
         decomposition.save(out_dir)
-        if evaluate and completed:
-            report = _log_eval(decomposition, eval_blocks, config, out_dir, step, bar=None)
+        if eval_data is not None and completed:
+            report = _log_eval(decomposition, eval_data, config, out_dir, step, bar=None)
             write_json_atomic(out_dir / QUALITY_NAME, {"step": step, "report": report, "config": config.model_dump(mode="json"),
                 "seed": config.seed, "versions": versions()})
     if stopped and rank == 0:
@@ -345,7 +347,7 @@ def _describe(C: dict[str, int]) -> str:
 
 
 @torch.no_grad()
-def basis_init(decomposition: Decomposition, init: dict[str, str]) -> None:
+def basis_init(decomposition: Decomposition, init: Mapping[str, str]) -> None:
     """Start the components of the matrices `init` names from a basis whose rank-1 terms sum to W:
 
     - "neurons": one component per unit of the matrix's larger side — the MLP hidden units of an
@@ -403,7 +405,7 @@ class VPDTrainer:
         self.decomposition, self.config, self.device, self.rank, self.world_size = decomposition, config, device, rank, world_size
         use_bf16 = config.autocast == "bf16" or (config.autocast == "auto" and device.type == "cuda")
         self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=use_bf16)
-        self.model = decomposition  # what the CI forward runs through: DDP averages gradients across ranks
+        self.model: nn.Module = decomposition  # what the CI forward runs through: DDP averages gradients across ranks
         if world_size > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(decomposition, device_ids=[device.index] if device.type == "cuda" else None)
         self.component_params = decomposition.component_parameters()
@@ -414,9 +416,9 @@ class VPDTrainer:
         # the adversary's sources are shaped like the CI ([B, T] or [B], then C+1): made at the first step
         self.ppgd: PersistentPGD | None = None
         self._ppgd_resume_state: dict | None = None
-        self.recon = kl_target_to_masked if config.reconstruction == "kl" else _mse
+        self.recon: Reconstruction = kl_target_to_masked if config.reconstruction == "kl" else _mse
 
-    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float | None]:
         """One optimisation step at `step` (which sets the schedules); returns the logged figures."""
         config, d, paths = self.config, self.decomposition, self.decomposition.module_paths
         lr = cosine_lr(step, config.steps, config.lr, config.lr_final_frac)
@@ -468,7 +470,11 @@ class VPDTrainer:
             if self.ppgd is not None:
                 # the main backward reaches the sources through the adversarial term alone, so their
                 # gradient of that term comes from it, without a second backward of the same graph
-                self.ppgd.adam_ascent_step([src.grad / config.coeff_adversarial for src in self.ppgd.leaves()], ppgd_lr)
+                grads = []
+                for src in self.ppgd.leaves():
+                    assert src.grad is not None  # the adversarial term routes every module through the sources
+                    grads.append(src.grad / config.coeff_adversarial)
+                self.ppgd.adam_ascent_step(grads, ppgd_lr)
         return {"loss": total.item(), **{k: v.item() for k, v in terms.items()}, "p": p, "lr": lr, "ppgd_lr": ppgd_lr, "grad_norm_components": grad_norm}
 
     def _make_ppgd(self, ci_lower) -> PersistentPGD:
@@ -477,7 +483,7 @@ class VPDTrainer:
         init_rng = torch.Generator(device=self.device).manual_seed(self.config.seed * 7919 + 2 + self.rank)
         d = self.decomposition
         batch_shape = tuple(ci_lower[d.module_paths[0]].shape[:-1])
-        ppgd = PersistentPGD({p: d.C(p) for p in d.module_paths}, batch_shape, self.device, init_rng, tuple(self.config.ppgd_betas), self.config.ppgd_eps)
+        ppgd = PersistentPGD({p: d.C(p) for p in d.module_paths}, batch_shape, self.device, init_rng, self.config.ppgd_betas, self.config.ppgd_eps)
         if self._ppgd_resume_state:
             ppgd.load_state_tensors(self._ppgd_resume_state)
         return ppgd

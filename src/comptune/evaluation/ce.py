@@ -183,5 +183,6 @@ def evaluate_ce(model, datasets: dict[str, torch.Tensor], *, batch_size: int = 1
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
+    assert vocab_size is not None  # datasets is non-empty and every dataset has N >= 1, so a batch ran
     config = {"batch_size": batch_size, "device": str(device), "dtype": str(params.dtype) if params is not None else None}
     return EvalResult(datasets=rows, vocab_size=vocab_size, seconds=seconds, forward_tokens=forward_tokens, config=config)

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -95,7 +95,7 @@ class DosableEdit:
     def set_dose(self, t: float) -> None:
         check_dose(t)
         if not self.mergeable:
-            self.model.set_scales(dosed_scales(self.scales, t))
+            self.model.set_scales(dosed_scales(self.scales, t))  # type: ignore[operator]  # a ComponentScaleModel
             return
         params = dict(self.model.named_parameters())
         with torch.no_grad():
@@ -121,7 +121,7 @@ def dosable(edited: nn.Module, base_weights: dict[str, torch.Tensor]) -> Dosable
 
     if isinstance(edited, ComponentScaleModel) and edited.scale_config.ci_threshold is not None:
         return DosableEdit(edited, False, {}, {}, edited.scales())
-    merged = edited.merge_and_unload()
+    merged = edited.merge_and_unload()  # type: ignore[operator]  # a PeftModel
     params = dict(merged.named_parameters())
     if set(params) != set(base_weights):
         raise UserError("the merged edit's weights do not match the base model's: the edit belongs to another model")
@@ -206,7 +206,9 @@ def relearn_curve(model: nn.Module, block: torch.Tensor, eval_sets: dict[str, to
     device = next(net.parameters()).device
     ids, labels = (t.to(device) for t in forget_sequences(block, config.seq_len))
     opt = torch.optim.Adam(params, lr=lr)
-    steps, ce, losses = [], {name: [] for name in eval_sets}, []
+    steps: list[int] = []
+    ce: dict[str, list[float]] = {name: [] for name in eval_sets}
+    losses: list[float] = []
 
     def read(step: int) -> None:
         r = evaluate_ce(net, eval_sets)
@@ -247,7 +249,7 @@ def _int4_fake_quantised(model: nn.Module, group: int) -> nn.Module:
     net = copy.deepcopy(model)
     with torch.no_grad():
         for path in _quantisable(net):
-            w = net.get_submodule(path).weight
+            w = cast(nn.Linear, net.get_submodule(path)).weight
             d_out, d_in = w.shape
             if d_in % group:
                 raise UserError(f"int4 group {group} does not divide the input size {d_in} of {path}; choose another int4_group")

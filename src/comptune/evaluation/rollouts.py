@@ -10,6 +10,8 @@ Generation settings not named here (e.g. a repetition penalty) come from the mod
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..corpus.loading import encode_documents, separator_id
@@ -46,7 +48,7 @@ def rollouts(models: dict, tokenizer, prompts: list[str], *, max_new_tokens: int
     sampling = {} if greedy else {"temperature": temperature, "top_k": top_k or 0, "top_p": 1.0}  # top_k 0: no cut
     rows = []
     for prompt in prompts:
-        row = {"prompt": prompt, "continuations": {}, "token_ids": {}}
+        row: dict[str, Any] = {"prompt": prompt, "continuations": {}, "token_ids": {}}
         for name, model in models.items():
             device = next(model.parameters()).device
             ids = prompt_ids(tokenizer, prompt).to(device)  # (1, n)

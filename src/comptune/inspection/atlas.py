@@ -21,7 +21,7 @@ cost about as much as a few of them:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -118,6 +118,7 @@ def build_atlas(model: nn.Module, tokenizer, blocks: Mapping[str, torch.Tensor],
     if decomposition is not None:
         basis = {p: decomposition.get_components(p) for p in decomposition.module_paths}
         basis_name = "components"
+    assert basis is not None  # exactly one of decomposition and basis was given (checked above)
     units = units or {p: list(range(c.U.shape[0])) for p, c in basis.items()}
     unknown = sorted(set(units) - set(basis))
     if unknown:
@@ -135,7 +136,7 @@ def build_atlas(model: nn.Module, tokenizer, blocks: Mapping[str, torch.Tensor],
         f"({ids.numel()} positions)")
     scores = _scores(model, decomposition, basis, units, blocks, cfg.batch_size)
     languages = dataset_languages(blocks, tokenizer)
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = model.get_output_embeddings().weight.shape[0]  # type: ignore[operator]
     decode_one = _cached_decoder(tokenizer)
     lang_of = _example_language(ids, T, block_dataset, names, languages, tokenizer, cfg.lang_context)
     atlas = Atlas(basis=basis_name, score_name=SCORE_NAMES[basis_name], datasets=names, languages=languages, settings=cfg)
@@ -150,7 +151,7 @@ def build_atlas(model: nn.Module, tokenizer, blocks: Mapping[str, torch.Tensor],
     return atlas
 
 
-def _cached_decoder(tokenizer):
+def _cached_decoder(tokenizer) -> Callable[[int], str]:
     cache: dict[int, str] = {}
 
     def decode(i: int) -> str:
@@ -230,7 +231,7 @@ def _module_records(atlas: Atlas, path: str, idx: list[int], S: torch.Tensor, ra
             "examples": {d: examples[d][j] for d in names},
             "input_pmi": input_pmi[j], "output_pmi": output_pmi[j],
             "cofiring": [{"key": format_component_key(path, idx[k]), "jaccard": round(v, 3)} for k, v in cofiring[j]],
-            "write": None if promoted is None else {"promoted": promoted[j], "suppressed": suppressed[j]},
+            "write": None if promoted is None or suppressed is None else {"promoted": promoted[j], "suppressed": suppressed[j]},
             "label": label, "evidence": evidence,
         }
         if raw_max is not None:
@@ -256,7 +257,7 @@ def _examples(atlas: Atlas, S: torch.Tensor, ids: torch.Tensor, T: int, block_st
         win_ids = ids[flat].tolist()  # [k, r, W]
         win_scores = _rounded(S[flat, torch.arange(r)[None, :, None]], 2).tolist()
         values, ts = S[blocks * T + t, torch.arange(r)].tolist(), t.tolist()
-        per_unit = [[] for _ in range(r)]
+        per_unit: list[list[dict]] = [[] for _ in range(r)]
         for e in range(k):
             for j in range(r):
                 start = max(0, ts[e][j] - cfg.before)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -78,7 +79,7 @@ def autointerp_labels(units: list[dict], decode, config: AutointerpConfig, log=p
     cache = config.resolved_cache_dir()
     client = openai.OpenAI(base_url=config.base_url, api_key=api_key, max_retries=config.max_retries, timeout=config.timeout_s)
     labels: dict[str, dict] = {}
-    report = {"endpoint": config.base_url, "model": config.model, "units": 0, "cached": 0, "requested": 0, "failed": {}, "unreachable": None}
+    report: dict[str, Any] = {"endpoint": config.base_url, "model": config.model, "units": 0, "cached": 0, "requested": 0, "failed": {}, "unreachable": None}
     for unit in units[: config.max_units]:
         report["units"] += 1
         prompt = unit_prompt(unit, decode)

@@ -52,10 +52,11 @@ def inspect_components(
     ranked by count)."""
     parsed = _parsed_keys(decomposition, keys)
     heaps: dict[str, dict[str, list]] = {k: {name: [] for name in datasets} for k in keys}
-    fire_in = {k: Counter() for k in keys}
-    fire_out = {k: Counter() for k in keys}
-    fires = {k: Counter() for k in keys}
-    all_in, all_out = Counter(), Counter()
+    fire_in: dict[str, Counter[int]] = {k: Counter() for k in keys}
+    fire_out: dict[str, Counter[int]] = {k: Counter() for k in keys}
+    fires: dict[str, Counter[str]] = {k: Counter() for k in keys}
+    all_in: Counter[int] = Counter()
+    all_out: Counter[int] = Counter()
     counter = 0  # tie-breaker so heap entries never compare tensors
     for name, blocks in datasets.items():
         if blocks.numel() == 0:
@@ -82,7 +83,7 @@ def inspect_components(
     n_in, n_out = sum(all_in.values()), sum(all_out.values())
     reports = {}
     for key in keys:
-        examples = {}
+        examples: dict[str, list[dict]] = {}
         for name, heap in heaps[key].items():
             examples[name] = []
             for value, _, row, t in sorted(heap, key=lambda it: -it[0]):

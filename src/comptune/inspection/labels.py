@@ -16,6 +16,7 @@ text in general, so a label is one of
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 from ..corpus.language import LANGID_MIN_PROB, LANGUAGE_NAMES, dataset_language, identify_language
 
@@ -27,7 +28,7 @@ STRONG_FRACTION = 0.5
 SEVERAL_SHARE = 0.2
 
 
-def dataset_languages(blocks: dict, tokenizer) -> dict[str, str]:
+def dataset_languages(blocks: Mapping, tokenizer) -> dict[str, str]:
     """A bundled dataset's own language; any other's, the identifier's majority vote over its first blocks."""
     langs = {}
     for name, b in blocks.items():

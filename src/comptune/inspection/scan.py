@@ -204,8 +204,9 @@ def dose_scan(scanner, keys: list[str], *, target: str, reference: str, bound: f
     validate_keys(scanner.basis, keys)
     base_t, base_r = float(scanner.base[target][0]), float(scanner.base[reference][0])
     curves: dict[str, dict[float, ScanPoint]] = {k: {1.0: ScanPoint(1.0, 0.0, 0.0)} for k in keys}
-    # (key, sign) -> [last magnitude within the bound (0 = none), first beyond it or None]
-    sides = {(k, sign): [0.0, None] for k in keys for sign in (-1.0, 1.0)}
+    # (key, sign) -> last magnitude within the bound (0 = none), and the first beyond it (None = none yet)
+    within: dict[tuple[str, float], float] = {(k, sign): 0.0 for k in keys for sign in (-1.0, 1.0)}
+    beyond: dict[tuple[str, float], float | None] = dict.fromkeys(within)
 
     def measure(todo: list[tuple[str, float, float]], names: list[str]) -> None:
         """Evaluate (key, sign, magnitude) points on `names`; record them; move each side's bracket."""
@@ -213,42 +214,48 @@ def dose_scan(scanner, keys: list[str], *, target: str, reference: str, bound: f
         for (k, sign, m), (_, s), ce in zip(todo, points, scanner.ce_at(points, names)):
             old = curves[k].get(s)
             gain = ce[target] - base_t if target in ce else (old.gain if old else None)
-            damage = ce[reference] - base_r if reference in ce else old.damage
-            curves[k][s] = ScanPoint(s, gain, damage)
             if reference in ce:
-                sides[(k, sign)][0 if damage <= bound else 1] = m
+                damage = ce[reference] - base_r
+                if damage <= bound:
+                    within[k, sign] = m
+                else:
+                    beyond[k, sign] = m
+            else:
+                assert old is not None  # points measured on the target alone had their damage measured before
+                damage = old.damage
+            curves[k][s] = ScanPoint(s, gain, damage)
 
     for m in grid:
-        todo = [(k, sign, m) for (k, sign), (_, hi) in sides.items() if hi is None]  # still within the bound at the last level
+        todo = [(k, sign, m) for (k, sign), hi in beyond.items() if hi is None]  # still within the bound at the last level
         if not todo:
             break
         measure(todo, [target, reference])
         if log:
-            log(f"scan: |s − 1| = {m:g}: {len(todo)} points, {sum(1 for v in sides.values() if v[1] is None)} sides still within the bound")
+            log(f"scan: |s − 1| = {m:g}: {len(todo)} points, {sum(1 for hi in beyond.values() if hi is None)} sides still within the bound")
     for _ in range(bisect_steps):
-        todo = [(k, sign, _midpoint(lo, hi)) for (k, sign), (lo, hi) in sides.items() if hi is not None]
+        todo = [(k, sign, _midpoint(within[k, sign], hi)) for (k, sign), hi in beyond.items() if hi is not None]
         if not todo:
             break
         measure(todo, [reference])
-    finals = [(k, sign, lo) for (k, sign), (lo, _) in sides.items() if lo > 0 and curves[k][1.0 + sign * lo].gain is None]
+    finals = [(k, sign, lo) for (k, sign), lo in within.items() if lo > 0 and curves[k][1.0 + sign * lo].gain is None]
     if finals:
         measure(finals, [target])
     out = []
     for k in keys:
         curve = sorted(curves[k].values(), key=lambda p: p.s)
-        best = max((p for p in curve if p.gain is not None and p.damage <= bound), key=lambda p: p.gain)
-        out.append(CandidateScan(k, best.gain, best.s, best.damage, curve))
+        best_gain, best = max(((p.gain, p) for p in curve if p.gain is not None and p.damage <= bound), key=lambda gp: gp[0])
+        out.append(CandidateScan(k, best_gain, best.s, best.damage, curve))
     out.sort(key=lambda c: c.best_gain, reverse=True)
     return out
 
 
 @torch.no_grad()
 def attribution_scores(model: nn.Module, basis: Mapping[str, Components], datasets: Mapping[str, torch.Tensor],
-        *, batch_size: int = 8) -> dict[str, dict[str, torch.Tensor]]:
+        *, batch_size: int = 8) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
     """Per dataset and unit: `dce_ds`, the first-order effect dCE/ds at s = 1, and `write_power`, the
     mean squared write (v_cᵀ x)²·‖u_c‖² per token. {name: {path: [r]}} for each of the two."""
     device = next(model.parameters()).device
-    out = {"dce_ds": {}, "write_power": {}}
+    out: dict[str, dict[str, dict[str, torch.Tensor]]] = {"dce_ds": {}, "write_power": {}}
     for name, blocks in datasets.items():
         grads = {p: torch.zeros(c.V.shape[1], dtype=torch.float64) for p, c in basis.items()}
         power = {p: torch.zeros(c.V.shape[1], dtype=torch.float64) for p, c in basis.items()}

@@ -9,6 +9,7 @@ the family's (a fused q/k/v projection takes the C of q).
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -69,11 +70,11 @@ def translate_patterns(patterns: dict[str, int], family: str) -> dict[str, int]:
     return out
 
 
-def translate_globs(init: dict[str, str], family: str) -> dict[str, str]:
+def translate_globs(init: Mapping[str, str], family: str) -> dict[str, str]:
     """`init`-style globs over the bundled model's names (`h.*.mlp.*`, `h.*.attn.*`, or a role pattern)
     in `family`'s names."""
     ref, fam = FAMILIES[REFERENCE], FAMILIES[family]
-    out = {}
+    out: dict[str, str] = {}
     for glob, value in init.items():
         if glob == f"{ref.blocks}.{ref.mlp}.*":
             out[f"{fam.blocks}.{fam.mlp}.*"] = value

@@ -38,7 +38,8 @@ def load_model_and_tokenizer(path: str | Path, *, tokenizer_path: str | Path | N
     tokenizer = load_tokenizer(tokenizer_path or path)
     check_vocab(tokenizer, model)
     if device is not None:
-        model = model.to(device)
+        # PreTrainedModel.to is wrapped in functools.wraps, which mypy does not bind to the instance
+        model = model.to(device)  # type: ignore[arg-type]
     return model.eval(), tokenizer
 
 

@@ -53,7 +53,8 @@ class ComptuneLMConfig(PretrainedConfig):
         self.rms_eps = rms_eps
         self.initializer_range = initializer_range
         kwargs.setdefault("use_cache", False)  # no KV cache: generation recomputes the prefix
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        # PreTrainedConfig is declared as a dataclass without this field, but it accepts extra kwargs at runtime
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)  # type: ignore[call-arg]
 
     # names transformers/peft look up generically
     @property
@@ -181,7 +182,7 @@ class ComptuneLMForCausalLM(PreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    def set_input_embeddings(self, value: nn.Embedding) -> None:  # type: ignore[override]  # transformers types it nn.Module
         self.wte = value
 
     def get_output_embeddings(self) -> nn.Linear:

@@ -45,7 +45,8 @@ def first_edited_block(model: nn.Module, paths: Iterable[str]) -> int:
     except ValueError:
         return 0
     layers = [block_index(blocks_name, p) for p in paths]
-    return 0 if not layers or None in layers else min(layers)  # type: ignore[type-var]
+    in_stack = [layer for layer in layers if layer is not None]
+    return min(in_stack) if in_stack and len(in_stack) == len(layers) else 0
 
 
 class _Replay(nn.Module):

@@ -95,7 +95,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, streams: dict[str, torch.
             raise UserError(f"token stream {lang!r} holds id {int(s.max())} ≥ vocab_size={cfg.vocab_size}: tokenizer and model do not match")
 
     torch.manual_seed(cfg.seed)
-    model = ComptuneLMForCausalLM(cfg.lm_config()).to(device or "cpu")
+    # PreTrainedModel.to is wrapped in functools.wraps, which mypy does not bind to the instance
+    model = ComptuneLMForCausalLM(cfg.lm_config()).to(device or "cpu")  # type: ignore[arg-type]
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(

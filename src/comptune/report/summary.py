@@ -158,8 +158,8 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, *, r
     md = _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout_rows, chance, chance_gap, budgets, robust_md)
     path = out / "summary.md"
     write_text_atomic(path, md)
-    write_json_atomic(out / "min_budget.json", {"rule": min_budget_table.__doc__.strip(), "table": table, "versions": versions()})
-    write_json_atomic(out / "budget_curves.json", {"rule": budget_curve_table.__doc__.strip(), "table": curves, "versions": versions()})
+    write_json_atomic(out / "min_budget.json", {"rule": (min_budget_table.__doc__ or "").strip(), "table": table, "versions": versions()})
+    write_json_atomic(out / "budget_curves.json", {"rule": (budget_curve_table.__doc__ or "").strip(), "table": curves, "versions": versions()})
     log(f"report: {path}")
     return path
 
@@ -277,9 +277,9 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
           f"`†` = at least half the seeds put `{s.forget_eval}` at chance.", "",
           "| method | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for t in curves:
-        cells = {c["budget"]: f"{c['forget_increase']:+.2f} / {c['retain_damage']:+.3f}" + (" †" if at_least_half(c["forget_at_chance"], c["runs"]) else "")
-                 for c in t["per_budget"]}
-        L.append(f"| {t['name']} | " + " | ".join(cells.get(b, "–") for b in budgets) + " |")
+        by_budget = {c["budget"]: f"{c['forget_increase']:+.2f} / {c['retain_damage']:+.3f}" + (" †" if at_least_half(c["forget_at_chance"], c["runs"]) else "")
+                     for c in t["per_budget"]}
+        L.append(f"| {t['name']} | " + " | ".join(by_budget.get(b, "–") for b in budgets) + " |")
 
     L += ["", "## Chosen learning rates", "", "`*` = no setting kept validation damage under the bound (least damaging taken).", "",
           "| budget | " + " | ".join(res.methods) + " |", "|---|" + "---|" * len(res.methods)]

@@ -10,14 +10,18 @@ naming it instead of choosing settings over an incomplete group.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..errors import UserError
 from .rows import RunRow
 
-_inputs_cache: dict[str, object] = {}  # per Ray worker process: inputs loaded once per sweep config
+if TYPE_CHECKING:
+    from .sweep import StudyInputs
+
+_inputs_cache: dict[str, StudyInputs] = {}  # per Ray worker process: inputs loaded once per sweep config
 
 
 def run_remote(config, spec, base: dict) -> tuple[RunRow, dict[str, bytes]]:
@@ -50,9 +54,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         return
     try:
         if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         else:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, TimeoutError, RuntimeError) as e:
         raise UserError(f"the Ray cluster at {address} does not answer ({str(e).splitlines()[0]}); start one with `ray start --head` "
                         "there, give its address (host:6379), or use --ray without an address for a local cluster") from None

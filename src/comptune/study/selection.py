@@ -65,6 +65,8 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
         if sel.rank is None:
             resolved[spec.name] = {"selection": Selection(modules=modules).model_dump(), "ranking": None, "criterion": f"every unit of {', '.join(modules)}"}
             continue
+        top = sel.top
+        assert top is not None  # SelectSpec: rank and top go together
         if blocks is None:
             blocks = {n: sample_blocks(n, tokenizer, sd.block_len, sd.max_blocks) for n in names}
         if sel.rank == "scan":
@@ -87,14 +89,14 @@ def resolve_selections(config: SweepConfig, model: nn.Module, tokenizer, decompo
             f"{measure} on {sd.target} − {sd.reference}" if sel.rank == "difference"
             else f"{measure} on {sd.target} − max({', '.join(sd.protected)})"
         )
-        keys = [k for k, _ in ranking[: sel.top]]
-        if len(keys) < sel.top:
-            raise UserError(f"method {spec.name!r}: asked for the top {sel.top} but the candidate modules hold only {len(keys)} units")
-        shown = [[k, round(v, 6)] for k, v in ranking[: max(sd.show_top, sel.top)]]
+        keys = [k for k, _ in ranking[:top]]
+        if len(keys) < top:
+            raise UserError(f"method {spec.name!r}: asked for the top {top} but the candidate modules hold only {len(keys)} units")
+        shown = [[k, round(v, 6)] for k, v in ranking[: max(sd.show_top, top)]]
         resolved[spec.name] = {"selection": Selection(keys=keys).model_dump(), "ranking": shown, "criterion": criterion}
-        log(f"selection {spec.name} ({spec.method}): top {sel.top} by {criterion}")
+        log(f"selection {spec.name} ({spec.method}): top {top} by {criterion}")
         for i, (k, v) in enumerate(shown):
-            log(f"  {i + 1:3d} {k:28s} {v:+.4f}{'  *' if i < sel.top else ''}")
+            log(f"  {i + 1:3d} {k:28s} {v:+.4f}{'  *' if i < top else ''}")
     return resolved
 
 
@@ -128,12 +130,14 @@ def _select_by_scan(config: SweepConfig, spec: MethodSpec, model: nn.Module, tok
     from ..inspection.scan import DoseScanner, candidate_rankings, dose_scan, pool_candidates
 
     sd, sc, sel = config.selection_data, config.scoring, spec.select
+    assert sel is not None and sel.top is not None  # a `rank: scan` selection, whose top is required
+    top = sel.top
     basis = _basis(spec, model, decomposition, modules)
     ci_source = decomposition if spec.method == "component_scale" and not modules else None
     rankings = candidate_rankings(model, basis, blocks, target=sd.target, reference=sd.reference, protected=sd.protected, decomposition=ci_source)
     candidates = pool_candidates(rankings, sel.candidates)
-    if len(candidates) < sel.top:
-        raise UserError(f"method {spec.name!r}: asked for the top {sel.top} by scan"
+    if len(candidates) < top:
+        raise UserError(f"method {spec.name!r}: asked for the top {top} by scan"
             f" but the rankings give only {len(candidates)} candidates; raise select.candidates")
     valid = {}
     for name in (sc.forget_valid, sc.retain_valid):
@@ -144,10 +148,10 @@ def _select_by_scan(config: SweepConfig, spec: MethodSpec, model: nn.Module, tok
     log(f"selection {spec.name} ({spec.method}): dose scan of {len(candidates)} candidates on {sc.forget_valid} vs {sc.retain_valid} "
         f"(≤ {sc.max_damage} nats damage)")
     scanned = dose_scan(DoseScanner(model, basis, valid), candidates, target=sc.forget_valid, reference=sc.retain_valid, bound=sc.max_damage)
-    keys = [r.key for r in scanned[: sel.top]]
-    shown = [[r.key, round(r.best_gain, 6)] for r in scanned[: max(sd.show_top, sel.top)]]
-    for i, r in enumerate(scanned[: max(sd.show_top, sel.top)]):
-        log(f"  {i + 1:3d} {r.key:28s} gain {r.best_gain:+.4f} at s={r.best_s:.3g} (damage {r.best_damage:+.4f}){'  *' if i < sel.top else ''}")
+    keys = [r.key for r in scanned[:top]]
+    shown = [[r.key, round(r.best_gain, 6)] for r in scanned[: max(sd.show_top, top)]]
+    for i, r in enumerate(scanned[: max(sd.show_top, top)]):
+        log(f"  {i + 1:3d} {r.key:28s} gain {r.best_gain:+.4f} at s={r.best_s:.3g} (damage {r.best_damage:+.4f}){'  *' if i < top else ''}")
     criterion = f"dose scan: {sc.forget_valid} gain within {sc.max_damage} nats damage on {sc.retain_valid}"
     return {"selection": Selection(keys=keys).model_dump(), "ranking": shown, "criterion": criterion,
             "scan": [{"key": r.key, "best_gain": r.best_gain, "best_s": r.best_s, "best_damage": r.best_damage} for r in scanned]}

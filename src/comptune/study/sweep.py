@@ -295,7 +295,7 @@ def _execute(config: SweepConfig, todo: list[RunSpec], inputs: StudyInputs, base
         pool.join()
 
 
-_worker_state: tuple | None = None  # (config, inputs, base, out_dir) in a pool process
+_worker_state: tuple[SweepConfig, StudyInputs, dict, Path] | None = None  # set in each pool process by _init_worker
 
 
 def _init_worker(config: SweepConfig, base: dict, out_dir: Path, device=None) -> None:
@@ -326,6 +326,7 @@ def _terminate_with_parent() -> None:
 
 
 def _run_in_worker(spec: RunSpec) -> RunRow:
+    assert _worker_state is not None, "a pool process runs _init_worker first"
     config, inputs, base, out_dir = _worker_state
     return _run_one(config, spec, inputs, base, out_dir)
 

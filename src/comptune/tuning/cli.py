@@ -72,7 +72,7 @@ def _adapter(args) -> int:
         edited.set_scales(dosed_scales(edited.scales(), args.dose))
     if args.adapter_action == "merge":
         merged = edited.merge_and_unload()
-        merged.save_pretrained(args.out)
+        merged.save_pretrained(args.out)  # type: ignore[operator]  # the HF model the adapter wrapped
         tokenizer.save_pretrained(args.out)
         share_files(args.out)
         print(f"merged model written to {args.out}")

@@ -20,7 +20,7 @@ import hashlib
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, cast
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,7 @@ from ..config import StrictConfig
 from ..decomposition.components import (
     Components,
     ComponentSource,
+    format_component_key,
     linear_layout_weight,
     module_kind,
     source_components,
@@ -84,6 +85,9 @@ def _layer_dims(layer: nn.Module) -> tuple[int, int]:
 class ComponentScaleLayer(nn.Module):
     """A frozen Linear/Conv1D plus scalars on k of its subcomponents: y = base(x) + ((x V_S) ⊙ (s − 1)) U_S."""
 
+    V: torch.Tensor  # buffers, declared for the type checker
+    U: torch.Tensor
+
     def __init__(self, base_layer: nn.Module, V: torch.Tensor, U: torch.Tensor, indices: list[int]):
         super().__init__()
         d_in, d_out = _layer_dims(base_layer)
@@ -95,7 +99,7 @@ class ComponentScaleLayer(nn.Module):
         self.base_layer = base_layer
         self.kind = module_kind(base_layer)
         self.indices = list(indices)
-        w = base_layer.weight
+        w = linear_layout_weight(base_layer)
         self.register_buffer("V", V.detach().to(device=w.device, dtype=w.dtype).clone())  # [d_in, k] read vectors
         self.register_buffer("U", U.detach().to(device=w.device, dtype=w.dtype).clone())  # [k, d_out] write vectors
         self.scale = nn.Parameter(torch.ones(len(indices), device=w.device, dtype=w.dtype))  # [k], s_c
@@ -117,20 +121,24 @@ class ComponentScaleLayer(nn.Module):
     def get_delta_weight(self) -> torch.Tensor:
         """W' − W = Σ (s_c − 1) u_c v_cᵀ in the base layer's weight layout."""
         delta = (self.V.float() * (self.scale.float() - 1)) @ self.U.float()  # [d_in, d_out]
-        return (delta.T if self.kind == "linear" else delta).to(self.base_layer.weight.dtype)
+        return (delta.T if self.kind == "linear" else delta).to(self._weight().dtype)
+
+    def _weight(self) -> torch.Tensor:
+        """The base layer's weight in its own layout ([d_out, d_in] Linear, [d_in, d_out] Conv1D)."""
+        return cast(torch.Tensor, self.base_layer.weight)
 
     @torch.no_grad()
     def merge(self) -> None:
         if self.merged:
             return
-        self.base_layer.weight += self.get_delta_weight()
+        self._weight().add_(self.get_delta_weight())
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if not self.merged:
             return
-        self.base_layer.weight -= self.get_delta_weight()
+        self._weight().sub_(self.get_delta_weight())
         self.merged = False
 
     def extra_repr(self) -> str:
@@ -192,7 +200,7 @@ class ComponentScaleModel(nn.Module):
 
     def scales(self) -> dict[str, float]:
         """Current s_c per key, in the order the keys were given."""
-        values = {f"{path}:{i}": float(s) for path, layer in self._layers.items() for i, s in zip(layer.indices, layer.scale.detach().tolist())}
+        values = {format_component_key(path, i): float(s) for path, layer in self._layers.items() for i, s in zip(layer.indices, layer.scale.detach().tolist())}
         return {k: values[k] for k in self.keys}
 
     def set_scales(self, scales: Mapping[str, float]) -> None:
@@ -202,13 +210,13 @@ class ComponentScaleModel(nn.Module):
         with torch.no_grad():
             for path, layer in self._layers.items():
                 for j, i in enumerate(layer.indices):
-                    key = f"{path}:{i}"
+                    key = format_component_key(path, i)
                     if key in scales:
                         layer.scale[j] = scales[key]
 
     def l1_penalty(self) -> torch.Tensor:
         """Σ_c |s_c − 1| over all scaled subcomponents (the objective multiplies by its L1 coefficient)."""
-        return sum((layer.scale - 1).abs().sum() for layer in self._layers.values())
+        return torch.stack([(layer.scale - 1).abs().sum() for layer in self._layers.values()]).sum()
 
     # ----- switching the edit off (orig logits, CI) — same name as peft's PeftModel
     @contextmanager
@@ -491,7 +499,7 @@ def load_adapter(adapter_dir: str | Path, model: nn.Module, decomposition: Compo
             raise UserError(f"{adapter_dir / ADAPTER_WEIGHTS_NAME} lacks tensor {e.args[0]}: the adapter files are inconsistent") from e
         selected[path] = Components(V, U)
         indices[path] = info["indices"]
-        scales.update({f"{path}:{i}": float(v) for i, v in zip(info["indices"], s.tolist())})
+        scales.update({format_component_key(path, i): float(v) for i, v in zip(info["indices"], s.tolist())})
     if sorted(scales) != sorted(keys):
         raise UserError(f"{cfg_path} keys do not match the saved tensors: the adapter files are inconsistent")
 

@@ -18,18 +18,21 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, cast
 
 import torch
 import torch.nn as nn
 
 from .._io import atomic_directory, write_json_atomic
 from ..decomposition.bases import default_neuron_modules, linear_module_paths, svd_components
-from ..decomposition.components import linear_layout_weight, module_keys, module_kind, parse_component_key
+from ..decomposition.components import format_component_key, linear_layout_weight, module_keys, module_kind, parse_component_key
 from ..errors import UserError
 from ..model.fingerprint import tensors_fingerprint
 from .component_scale import ComponentScaleConfig, ComponentScaleModel, apply_component_scale
 from .config import TuneConfig
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 PEFT_TARGET_NAME = "comptune_target.json"  # beside a peft adapter: the weights it was trained on
 
@@ -42,7 +45,7 @@ class TunableModel:
     in which the model is the original (both ComponentScaleModel and peft's PeftModel have it)."""
 
     method: str
-    model: nn.Module
+    model: ComponentScaleModel | PeftModel
     parameters: list[nn.Parameter]
     edited_modules: list[str]  # paths (in the unwrapped model) of the modules the edit changes
     scalars: Callable[[], dict[str, float]] = field(default=dict)  # learned scalar per key ({} for LoRA)
@@ -54,10 +57,10 @@ class TunableModel:
         gates (`model.compute_gates` / `model.gated`) are then computed once per batch by the trainer."""
         return isinstance(self.model, ComponentScaleModel) and self.model.scale_config.ci_threshold is not None
 
-    def _base_fingerprint(self) -> dict:
+    def _base_fingerprint(self, peft_model: PeftModel) -> dict:
         """Fingerprint of the base weights under the edited modules (peft keeps them as `base_layer`)."""
-        base = self.model.get_base_model()
-        weights = {f"{p}.weight": getattr(base.get_submodule(p), "base_layer", base.get_submodule(p)).weight for p in self.edited_modules}
+        base = peft_model.get_base_model()
+        weights = {f"{p}.weight": cast(torch.Tensor, getattr(base.get_submodule(p), "base_layer", base.get_submodule(p)).weight) for p in self.edited_modules}
         return {"fingerprint": tensors_fingerprint(weights), "weight_names": sorted(weights)}
 
     def save(self, out_dir: str | Path) -> Path:
@@ -66,11 +69,11 @@ class TunableModel:
         folder is either complete or absent."""
         out_dir = Path(out_dir)
         with atomic_directory(out_dir) as tmp:
-            if hasattr(self.model, "save_adapter"):
+            if isinstance(self.model, ComponentScaleModel):
                 self.model.save_adapter(tmp)
             else:
                 self.model.save_pretrained(str(tmp))
-                write_json_atomic(tmp / PEFT_TARGET_NAME, {"target": self._base_fingerprint()})
+                write_json_atomic(tmp / PEFT_TARGET_NAME, {"target": self._base_fingerprint(self.model)})
         return out_dir
 
 
@@ -137,7 +140,7 @@ def _peft_lora(name: str, model: nn.Module, targets: list[str], rank: int, confi
 
     lora = LoraConfig(
         r=rank,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft annotates int; alpha/r is a float scaling
         target_modules=targets,
         lora_dropout=0.0,
         bias="none",
@@ -179,13 +182,10 @@ def _peft_method(name: str, model: nn.Module, peft_config, targets: list[str]) -
 def _neuron_scale(model, selection, config, decomposition, decomposition_dir) -> TunableModel:
     from peft import IA3Config
 
-    if selection.keys:
-        units: dict[str, list[int]] = {}
-        for key in selection.keys:
-            path, j = parse_component_key(key)
-            units.setdefault(path, []).append(j)
-    else:
-        units = {path: None for path in selection.modules}  # None = every hidden unit
+    units: dict[str, list[int] | None] = {path: None for path in selection.modules}  # None = every hidden unit
+    for key in selection.keys:  # a selection has keys or modules, never both
+        path, j = parse_component_key(key)
+        units[path] = [*(units.get(path) or []), j]
     paths = list(units)
     mlp_outputs = default_neuron_modules(model)
     for path in paths:
@@ -199,7 +199,8 @@ def _neuron_scale(model, selection, config, decomposition, decomposition_dir) ->
     fan_in_fan_out = any(module_kind(model.get_submodule(p)) == "conv1d" for p in paths)
     tunable = _peft_method("neuron_scale", model, IA3Config(target_modules=paths, feedforward_modules=paths, fan_in_fan_out=fan_in_fan_out), paths)
     peft_model = tunable.model
-    ia3 = {path: peft_model.base_model.model.get_submodule(path).ia3_l["default"] for path in paths}  # [1, d_hidden]
+    base = peft_model.get_base_model()
+    ia3 = {path: cast(nn.ParameterDict, base.get_submodule(path).ia3_l)["default"] for path in paths}  # [1, d_hidden]
     for path, js in units.items():
         if js is not None:
             mask = torch.zeros_like(ia3[path])
@@ -210,11 +211,11 @@ def _neuron_scale(model, selection, config, decomposition, decomposition_dir) ->
         out = {}
         for path, js in units.items():
             values = ia3[path].detach()[0].tolist()
-            out.update({f"{path}:{j}": values[j] for j in (js if js is not None else range(len(values)))})
+            out.update({format_component_key(path, j): values[j] for j in (js if js is not None else range(len(values)))})
         return out
 
     def l1_penalty() -> torch.Tensor:
-        return sum((scale - 1).abs().sum() for scale in ia3.values())
+        return torch.stack([(scale - 1).abs().sum() for scale in ia3.values()]).sum()
 
     tunable.scalars, tunable.l1_penalty = scalars, l1_penalty
     return tunable

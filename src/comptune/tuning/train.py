@@ -28,6 +28,7 @@ from ..decomposition.losses import TargetDistribution
 from ..errors import UserError
 from ..model.loading import context_length
 from ..model.prefix import decoder_blocks, first_edited_block, prefix_replayed, recording, select_output
+from .component_scale import ComponentScaleModel
 from .config import SCALAR_METHODS, TuneConfig
 from .methods import TunableModel, build_method
 from .objective import tuning_loss
@@ -121,8 +122,9 @@ class _FrozenPrefix:
     def __init__(self, model: nn.Module, tunable: TunableModel, enabled: bool):
         self.net = tunable.model
         self.first = first_edited_block(model, tunable.edited_modules) if enabled else 0
-        self.blocks = decoder_blocks(model)[1] if self.first else None
-        self.gated = tunable.ci_gated
+        self.blocks = decoder_blocks(model)[1] if self.first else nn.ModuleList()
+        # a CI-gated edit (always a ComponentScaleModel) gets its gates once per batch
+        self.gated = self.net if isinstance(self.net, ComponentScaleModel) and tunable.ci_gated else None
 
     @contextmanager
     def unedited(self, ids: torch.Tensor) -> Iterator[dict]:
@@ -131,12 +133,12 @@ class _FrozenPrefix:
         saved: dict = {}
         with torch.no_grad(), self.net.disable_adapter(), ExitStack() as stack:
             outputs = stack.enter_context(recording(self.blocks, [self.first - 1])) if self.first else {}
-            ci_inputs = stack.enter_context(self.net.capturing_ci_inputs()) if self.gated else {}
+            ci_inputs = stack.enter_context(self.gated.capturing_ci_inputs()) if self.gated else {}
             yield saved
         if self.first:
             saved["prefix"] = outputs[self.first - 1]
         if self.gated:  # from the unedited forward just run; without one (nothing to cache), CI's own forward
-            saved["gates"] = self.net.gates_from_inputs(ci_inputs) if ci_inputs else self.net.compute_gates(ids)
+            saved["gates"] = self.gated.gates_from_inputs(ci_inputs) if ci_inputs else self.gated.compute_gates(ids)
 
     def logits(self, ids: torch.Tensor, saved: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The edited model's logits on `ids` (rows `rows` of the input `saved` was recorded on)."""
@@ -145,7 +147,7 @@ class _FrozenPrefix:
             if self.first:
                 stack.enter_context(prefix_replayed(self.blocks, self.first, pick(saved["prefix"])))
             if self.gated:
-                stack.enter_context(self.net.gated({p: pick(g) for p, g in saved["gates"].items()}))
+                stack.enter_context(self.gated.gated({p: pick(g) for p, g in saved["gates"].items()}))
             return self.net(input_ids=ids).logits
 
 
