@@ -9,7 +9,8 @@ comparison with W is always made in nn.Linear layout.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple, Protocol, Union
 
 import torch
 import torch.nn as nn
@@ -56,18 +57,36 @@ class Components(NamedTuple):
     U: torch.Tensor
 
 
-# What a component key names a subcomponent of: a Decomposition (has `module_paths` and `get_components(path)`),
-# or a plain mapping path -> Components / (V, U) / anything with .V and .U (e.g. an SVD basis).
-ComponentSource = Any
+class ReadWrite(Protocol):
+    """One module's subcomponents: `Components`, or a decomposition's `LinearComponents`."""
+
+    @property
+    def V(self) -> torch.Tensor: ...  # [d_in, C]
+
+    @property
+    def U(self) -> torch.Tensor: ...  # [C, d_out]
+
+
+class Decomposed(Protocol):
+    """What a component key can name a subcomponent of, as a `Decomposition` offers it."""
+
+    @property
+    def module_paths(self) -> list[str]: ...
+
+    def get_components(self, path: str) -> ReadWrite: ...
+
+
+# A Decomposition, or a plain basis path -> subcomponents or a (V, U) pair (e.g. `svd_components(...)`)
+ComponentSource = Union[Decomposed, Mapping[str, Union[ReadWrite, tuple[torch.Tensor, torch.Tensor]]]]
 
 
 def source_module_paths(source: ComponentSource) -> list[str]:
-    return list(source.module_paths) if hasattr(source, "module_paths") else list(source)
+    return list(source) if isinstance(source, Mapping) else list(source.module_paths)
 
 
 def source_components(source: ComponentSource, path: str) -> Components:
-    comp = source.get_components(path) if hasattr(source, "get_components") else source[path]
-    V, U = (comp.V, comp.U) if hasattr(comp, "V") else comp
+    comps = source[path] if isinstance(source, Mapping) else source.get_components(path)
+    V, U = comps if isinstance(comps, tuple) else (comps.V, comps.U)  # Components is a (V, U) pair too
     return Components(V.detach(), U.detach())
 
 

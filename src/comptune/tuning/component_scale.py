@@ -38,6 +38,7 @@ from ..decomposition.components import (
     source_module_paths,
     validate_keys,
 )
+from ..decomposition.decomposed import Decomposition
 from ..errors import UserError
 from ..model.fingerprint import check_target, weights_fingerprint
 
@@ -456,7 +457,7 @@ def apply_component_scale(
         V, U = source_components(components, path)
         selected[path] = Components(V[:, idx], U[idx, :])
     layers, before = _wrap(model, selected, by_module)
-    decomposition = components if hasattr(components, "causal_importance") else None
+    decomposition = components if isinstance(components, Decomposition) else None  # plain V/U have no CI function
     return ComponentScaleModel(model, layers, config, provenance, decomposition, before)
 
 
