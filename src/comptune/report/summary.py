@@ -249,7 +249,7 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
         "",
         "## Methods",
         "",
-        "| method | kind | selection | lr grid | alpha grid |",
+        "| method | tuning method | selection | lr grid | alpha grid |",
         "|---|---|---|---|---|",
     ]
     sel = res.selection["methods"]
@@ -258,9 +258,9 @@ def _summary_markdown(res, rows, table, curves, figures, scalar_methods, rollout
         chosen_sel = info.get("selection") or {}
         keys = chosen_sel.get("keys") or []  # a modules selection is named by its criterion already
         shown = ", ".join(f"`{k}`" for k in keys[:4]) + (f" … ({len(keys)})" if len(keys) > 4 else "")
-        kind = m.method + (f" r{m.lora_rank}" if m.method == "lora" else "")
+        tuning = m.method + (f" r{m.lora_rank}" if m.method == "lora" else "")
         alphas = ", ".join(f"{a:g}" for a in m.alphas) if m.method in ("lora", "lora_local") else "–"
-        L.append(f"| {m.name} | {kind} | {info.get('criterion', '')}{': ' + shown if shown else ''} | {', '.join(f'{x:g}' for x in m.lrs)} | {alphas} |")
+        L.append(f"| {m.name} | {tuning} | {info.get('criterion', '')}{': ' + shown if shown else ''} | {', '.join(f'{x:g}' for x in m.lrs)} | {alphas} |")
 
     L += ["", f"## Minimum budget for `{s.forget_eval}` at chance with < {s.max_damage:g} nats `{s.retain_eval}` damage", "",
           "At least half the seeds must succeed (at some λ). Counts: succeeded / runs per budget.", "",
