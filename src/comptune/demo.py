@@ -1,7 +1,7 @@
 """`comptune demo`: the case study end to end on the bundled model and decomposition; above the
 study (the sweep), the report and the browser, which it runs one after the other.
 
-The presets are the YAML files `configs/demo.yaml` (a few budgets, 2 seeds, ~9 minutes on two
+The presets are the YAML files `configs/demo.yaml` (a few budgets, 2 seeds, 9–12.5 minutes on two
 cores) and `configs/full.yaml` (the write-up's protocol); `comptune demo --full` is exactly
 `comptune sweep configs/full.yaml` followed by `comptune report` and `comptune browse` with the
 report's edits.
@@ -67,7 +67,7 @@ def build_demo_site(out: Path, config: SweepConfig, device=None, log=print) -> P
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the case study on the bundled model: selection, a small sweep, the report and a browser site (~9 min on 2 cores)")
+    p = sub.add_parser("demo", help="the case study on the bundled model: selection, a small sweep, the report and a browser site (9–12.5 min on 2 cores)")
     p.add_argument("--full", action="store_true",
                    help="the whole study instead (configs/full.yaml: budgets 2..2048, 9 seeds, the write-up's lr/alpha grid, "
                    "patience 300 / ceiling 3000: 3240 runs, days on 2 cores; resumable)")
