@@ -100,7 +100,7 @@ class ComponentScaleLayer(nn.Module):
         self.base_layer = base_layer
         self.kind = module_kind(base_layer)
         self.indices = list(indices)
-        w = linear_layout_weight(base_layer)
+        w = self._weight()
         self.register_buffer("V", V.detach().to(device=w.device, dtype=w.dtype).clone())  # [d_in, k] read vectors
         self.register_buffer("U", U.detach().to(device=w.device, dtype=w.dtype).clone())  # [k, d_out] write vectors
         self.scale = nn.Parameter(torch.ones(len(indices), device=w.device, dtype=w.dtype))  # [k], s_c

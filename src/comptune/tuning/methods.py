@@ -52,10 +52,12 @@ class TunableModel:
     l1_penalty: Callable[[], torch.Tensor] | None = None  # Σ|s − 1| for the scalar methods
 
     @property
-    def ci_gated(self) -> bool:
-        """Whether the edit applies only where the decomposition's CI exceeds a threshold: its
-        gates (`model.compute_gates` / `model.gated`) are then computed once per batch by the trainer."""
-        return isinstance(self.model, ComponentScaleModel) and self.model.scale_config.ci_threshold is not None
+    def ci_gated_model(self) -> ComponentScaleModel | None:
+        """The model if the edit applies only where the decomposition's CI exceeds a threshold (its
+        gates, `model.compute_gates` / `model.gated`, are then computed once per batch by the trainer)."""
+        if isinstance(self.model, ComponentScaleModel) and self.model.scale_config.ci_threshold is not None:
+            return self.model
+        return None
 
     def _base_fingerprint(self, peft_model: PeftModel) -> dict:
         """Fingerprint of the base weights under the edited modules (peft keeps them as `base_layer`)."""

@@ -28,7 +28,6 @@ from ..decomposition.losses import TargetDistribution
 from ..errors import UserError
 from ..model.loading import context_length
 from ..model.prefix import decoder_blocks, first_edited_block, prefix_replayed, recording, select_output
-from .component_scale import ComponentScaleModel
 from .config import SCALAR_METHODS, TuneConfig
 from .methods import TunableModel, build_method
 from .objective import tuning_loss
@@ -123,8 +122,7 @@ class _FrozenPrefix:
         self.net = tunable.model
         self.first = first_edited_block(model, tunable.edited_modules) if enabled else 0
         self.blocks = decoder_blocks(model)[1] if self.first else nn.ModuleList()
-        # a CI-gated edit (always a ComponentScaleModel) gets its gates once per batch
-        self.gated = self.net if isinstance(self.net, ComponentScaleModel) and tunable.ci_gated else None
+        self.gated = tunable.ci_gated_model  # a CI-gated edit gets its gates once per batch
 
     @contextmanager
     def unedited(self, ids: torch.Tensor) -> Iterator[dict]:
