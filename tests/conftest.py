@@ -1,5 +1,6 @@
 """Fixtures shared by test files: tiny models with nn.Linear weights (the bundled architecture)
-and with GPT-2's Conv1D weights, and the module names each method edits in them."""
+and with GPT-2's Conv1D weights, the module names each method edits in them, and sweep rows for
+the rules that read them."""
 
 from dataclasses import dataclass
 
@@ -8,6 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
+from comptune.study.rows import RunRow, RunScore
 
 VOCAB = 64
 
@@ -45,3 +47,14 @@ TINY_LMS = {
 def tiny_lm(request) -> TinyLM:
     """Each test using it runs on both weight layouts."""
     return TINY_LMS[request.param]
+
+
+def run_row(name: str, budget: int, seed: int, *, lr: float = 0.1, lambda_retain: float = 1.0, alpha: float | None = None,
+            status: str = "ok", **score: float | bool) -> RunRow:
+    """A sweep row for tests of the rules that read rows: the score fields not given are 0 / False,
+    and a run that is not "ok" has no score."""
+    fields = dict(forget_ce=0.0, forget_increase=0.0, forget_at_chance=False, retain_damage=0.0, valid_forget_gain=0.0,
+                  valid_damage=0.0, success=False) | score
+    return RunRow(run_id=f"{name}-{budget}-{seed}-{lr}", name=name, method="component_scale", budget=budget, seed=seed, lr=lr,
+                  lora_alpha=alpha, lambda_retain=lambda_retain, tune_config={}, status=status,
+                  score=RunScore(**fields) if status == "ok" else None)

@@ -9,8 +9,9 @@ import yaml
 from comptune.evaluation.rollouts import rollouts
 from comptune.model.loading import load_model_and_tokenizer
 from comptune.report import make_report, min_budget_table
-from comptune.study.rows import RunRow, RunScore
+from comptune.study.rows import RunRow
 from comptune.study.sweep import run_sweep
+from conftest import run_row
 from test_study import assets, finished, sweep_config  # noqa: F401  (shared fixtures: tiny model, decomposition, sweep)
 
 torch.set_num_threads(1)
@@ -59,10 +60,7 @@ def test_report_writes_figures_tables_and_summary(finished, tmp_path):  # noqa: 
 
 
 def run(name, budget, seed, success, lam=1.0, status="ok"):
-    score = RunScore(forget_ce=0.0, forget_increase=0.0, forget_at_chance=success, retain_damage=0.0, valid_forget_gain=0.0,
-                     valid_damage=0.0, success=success)
-    return RunRow(run_id=f"{name}-{budget}-{seed}-{lam}", name=name, method="component_scale", budget=budget, seed=seed, lambda_retain=lam,
-                  lr=0.1, lora_alpha=None, tune_config={}, status=status, score=score if status == "ok" else None)
+    return run_row(name, budget, seed, lambda_retain=lam, status=status, forget_at_chance=success, success=success)
 
 
 def test_min_budget_needs_half_the_seeds_at_some_lambda():

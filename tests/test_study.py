@@ -15,11 +15,12 @@ from comptune.decomposition import CIConfig, Decomposition
 from comptune.evaluation.ce import evaluate_ce
 from comptune.model.modeling_comptune import ComptuneLMConfig, ComptuneLMForCausalLM
 from comptune.study.config import Scoring, SweepConfig
-from comptune.study.rows import RunRow, RunScore, read_chosen, row_json
+from comptune.study.rows import RunRow, read_chosen, row_json
 from comptune.study.rows import read_rows as read_run_rows
 from comptune.study.sweep import choose_settings, load_inputs, run_sweep
 from comptune.tokenizer import train_tokenizer
 from comptune.tuning.edits import load_edit
+from conftest import run_row
 
 torch.set_num_threads(1)
 
@@ -149,10 +150,8 @@ def test_sweep_writes_one_row_per_run_and_chooses_on_validation(finished):
 
 
 def row(name, budget, seed, lr, gain, damage, *, status="ok", alpha=None, held_out_forget=0.0):
-    score = RunScore(forget_ce=0.0, forget_increase=held_out_forget, forget_at_chance=False, retain_damage=0.0,
-                     valid_forget_gain=gain, valid_damage=damage, success=False)
-    return RunRow(run_id=f"{name}-{budget}-{seed}-{lr}", name=name, method="component_scale", budget=budget, seed=seed, lr=lr,
-                  lora_alpha=alpha, lambda_retain=1.0, tune_config={}, status=status, score=score if status == "ok" else None)
+    return run_row(name, budget, seed, lr=lr, alpha=alpha, status=status, valid_forget_gain=gain, valid_damage=damage,
+                   forget_increase=held_out_forget)
 
 
 def test_a_row_reads_back_as_written_and_earlier_rows_read_in_todays_names(finished):
